@@ -1,0 +1,258 @@
+"""The `exsa-doctor` command line: parse options, call, pick the exit code; nothing else.
+
+Exit codes: 0 healthy, 1 a problem diagnosed, 2 usage error, 3 inconclusive.
+Reports go to stdout (or `--output`), progress and messages to stderr. Heavy imports are done
+inside the commands so that `exsa-doctor --version` stays fast.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn, Optional
+
+import typer
+
+from exsa_doctor import __version__
+
+EXIT_HEALTHY = 0
+EXIT_UNHEALTHY = 1
+EXIT_USAGE = 2
+EXIT_INCONCLUSIVE = 3
+
+
+class ReportFormat(str, enum.Enum):
+    """Report formats `diagnose` can write."""
+
+    text = "text"
+    json = "json"
+    markdown = "markdown"
+    junit = "junit"
+    html = "html"
+
+
+app = typer.Typer(
+    name="exsa-doctor",
+    help="Find out why a local LLM inference server failed to start or to serve, and how to fix it.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def fail_usage(message: str) -> NoReturn:
+    """Print a usage error the way a person reads it, and exit 2."""
+    sys.stderr.write(f"exsa-doctor: error: {message}\n")
+    raise typer.Exit(EXIT_USAGE)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"exsa-doctor {__version__}\n")
+        raise typer.Exit(0)
+
+
+def _list_probes_callback(value: bool) -> None:
+    if value:
+        from exsa_doctor.probes import ALL_PROBES
+
+        for cls in ALL_PROBES:
+            sys.stdout.write(f"{cls.name:<12} {cls.title}  (timeout {cls.timeout_s:g} s)\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version."),
+    ] = False,
+    list_probes: Annotated[
+        bool,
+        typer.Option(
+            "--list-probes", callback=_list_probes_callback, is_eager=True, help="List the probes."
+        ),
+    ] = False,
+) -> None:
+    """Diagnose why an LLM inference engine does not start or serve."""
+
+
+UrlOpt = Annotated[
+    Optional[str],
+    typer.Option("--url", help="Engine base URL (default: $EXSA_URL, else http://127.0.0.1:${PORT:-3000})."),
+]
+ModelOpt = Annotated[
+    Optional[Path],
+    typer.Option("--model", help="GGUF model path (default: $MODEL_PATH, else the engine's own)."),
+]
+LogOpt = Annotated[
+    Optional[list[Path]], typer.Option("--log", help="Engine log file (repeatable).")
+]
+PidOpt = Annotated[Optional[list[int]], typer.Option("--pid", help="Engine PID (repeatable).")]
+ProfileOpt = Annotated[
+    str, typer.Option("--profile", help="Engine profile: auto, exsa-engine, llama-server, ollama, vllm.")
+]
+ProfileFileOpt = Annotated[
+    Optional[Path], typer.Option("--profile-file", help="A profile TOML file for your own engine.")
+]
+
+
+def write_output(text: str, output: Path | None) -> None:
+    """Write a report to --output (creating nothing else) or to stdout."""
+    if output is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        fail_usage(f"cannot write --output {output}: {exc.strerror or exc}")
+
+
+def exit_code_for(verdict: str) -> int:
+    return {"healthy": EXIT_HEALTHY, "unhealthy": EXIT_UNHEALTHY}.get(verdict, EXIT_INCONCLUSIVE)
+
+
+def build_target(
+    *,
+    url: str | None,
+    model: Path | None,
+    log: list[Path] | None,
+    pid: list[int] | None,
+    watch: float = 0.0,
+    failed_at: str | None = None,
+    generate: bool | None = None,
+    timeout: float = 10.0,
+    profile: str = "auto",
+    profile_file: Path | None = None,
+    port: int | None = None,
+    host: str | None = None,
+):  # type: ignore[no-untyped-def]
+    """Options -> Target, turning bad input into a usage error (exit 2)."""
+    from exsa_doctor.detect import refine_target
+    from exsa_doctor.target import UsageError, resolve_target
+
+    try:
+        target = resolve_target(
+            url=url,
+            port=port,
+            host=host,
+            model=model,
+            logs=tuple(log or ()),
+            pids=tuple(pid or ()),
+            failed_at=failed_at,
+            watch_s=watch,
+            generate=generate,
+            timeout_s=timeout,
+            profile=profile,
+            profile_file=profile_file,
+        )
+    except UsageError as exc:
+        fail_usage(str(exc))
+    auto = profile_file is None and profile in ("", "auto")
+    return refine_target(target, auto_profile=auto)
+
+
+def render(diagnosis, fmt: ReportFormat) -> str:  # type: ignore[no-untyped-def]
+    from exsa_doctor.render import render_as
+
+    return render_as(diagnosis, fmt.value)
+
+
+@app.command()
+def diagnose(
+    url: UrlOpt = None,
+    model: ModelOpt = None,
+    log: LogOpt = None,
+    pid: PidOpt = None,
+    watch: Annotated[
+        float, typer.Option("--watch", help="Keep observing up to this many seconds.")
+    ] = 0.0,
+    failed_at: Annotated[
+        Optional[str],
+        typer.Option("--failed-at", help="When the client's request failed (ISO 8601 or epoch)."),
+    ] = None,
+    generate: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--generate/--no-generate", help="One tiny generation (default: when health is OK)."
+        ),
+    ] = None,
+    probe: Annotated[
+        Optional[list[str]], typer.Option("--probe", help="Run only these probes (repeatable).")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Bound on the whole run, seconds.")
+    ] = 10.0,
+    fmt: Annotated[ReportFormat, typer.Option("--format", help="Report format.")] = ReportFormat.text,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", help="Write the report here instead of stdout.")
+    ] = None,
+    profile: ProfileOpt = "auto",
+    profile_file: ProfileFileOpt = None,
+) -> None:
+    """Run the probes side by side and print a ranked diagnosis with evidence and fixes."""
+    from exsa_doctor import probes as probe_registry
+    from exsa_doctor.runner import diagnose as run_diagnosis
+
+    try:
+        selected = probe_registry.select(probe or [])
+    except KeyError as exc:
+        fail_usage(
+            f"unknown probe {exc.args[0]} (known: {', '.join(probe_registry.probe_names())})"
+        )
+    if watch and watch + 2 > timeout:
+        timeout = watch + 2.0  # watching must not be cut short by the default bound
+    target = build_target(
+        url=url,
+        model=model,
+        log=log,
+        pid=pid,
+        watch=watch,
+        failed_at=failed_at,
+        generate=generate,
+        timeout=timeout,
+        profile=profile,
+        profile_file=profile_file,
+    )
+    if output is not None and output.is_dir():
+        fail_usage(f"--output {output} is a directory; give a file name")
+    if fmt is ReportFormat.html and output is None and sys.stdout.isatty():
+        fail_usage("--format html writes a whole page: give --output FILE.html")
+    diagnosis = run_diagnosis(target, selected)
+    write_output(render(diagnosis, fmt), output)
+    raise typer.Exit(exit_code_for(diagnosis.verdict.value))
+
+
+@app.command()
+def causes() -> None:
+    """Print the root-cause table."""
+    from exsa_doctor.render.text import render_cause_table
+
+    sys.stdout.write(render_cause_table())
+
+
+@app.command()
+def explain(cause: Annotated[str, typer.Argument(help="A cause id, e.g. race-condition.")]) -> None:
+    """Print one cause in full: what it is, what evidence moves it, how to fix and confirm it."""
+    from exsa_doctor.causes import cause_by_id, load_causes
+    from exsa_doctor.render.text import render_cause
+
+    found = cause_by_id(cause)
+    if found is None:
+        fail_usage(f"unknown cause {cause!r} (known: {', '.join(c.id for c in load_causes())})")
+    sys.stdout.write(render_cause(found))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    if os.environ.get("NO_COLOR"):
+        os.environ.setdefault("TERM", "dumb")
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("exsa-doctor: interrupted\n")
+        sys.exit(130)

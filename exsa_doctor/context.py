@@ -1,0 +1,87 @@
+"""The context a probe runs in: the target, one deadline, and memoised shared observations.
+
+Probes are independent units of reporting, but several of them need the same expensive fact
+(the engine processes, the listeners on the port, one health request). `Context.shared` computes
+such a fact once, whichever probe asks first, and hands the same value to the others.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from exsa_doctor.oslayer.types import EngineProcess
+from exsa_doctor.profiles import Profile, all_builtin
+from exsa_doctor.target import Target
+
+T = TypeVar("T")
+
+
+class DeadlineExceeded(TimeoutError):
+    """Raised inside a probe that noticed its deadline has passed."""
+
+
+@dataclass
+class Context:
+    """Shared state for one diagnosis run. Thread-safe."""
+
+    target: Target
+    deadline: float  # time.monotonic() value
+    started_wall: float = field(default_factory=time.time)
+    _values: dict[str, Any] = field(default_factory=dict)
+    _locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def check_deadline(self) -> None:
+        if time.monotonic() >= self.deadline:
+            raise DeadlineExceeded("the run's deadline passed")
+
+    def io_timeout(self, wanted: float) -> float:
+        """A timeout for one I/O step: what was asked, but never past the deadline."""
+        return max(0.05, min(wanted, self.remaining()))
+
+    def shared(self, key: str, compute: Callable[[], T]) -> T:
+        """Compute `key` once; concurrent callers wait for the first one's value."""
+        with self._guard:
+            if key in self._values:
+                return self._values[key]  # type: ignore[no-any-return]
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            with self._guard:
+                if key in self._values:
+                    return self._values[key]  # type: ignore[no-any-return]
+            value = compute()
+            with self._guard:
+                self._values[key] = value
+            return value
+
+    def engines(self) -> tuple[list[EngineProcess], bool]:
+        """All engine instances (any built-in profile, plus the target's), and completeness."""
+        from exsa_doctor.oslayer.procs import find_engines
+
+        def compute() -> tuple[list[EngineProcess], bool]:
+            profiles = _profiles_for(self.target.profile)
+            # leave a little of the budget to the probes that read this
+            return find_engines(
+                profiles, deadline=self.deadline - 0.2, extra_pids=self.target.pids
+            )
+
+        return self.shared("engines", compute)
+
+    def target_engines(self) -> list[EngineProcess]:
+        """The engine instances this diagnosis is about: --pid, or those of the target profile."""
+        engines, _ = self.engines()
+        if self.target.pids:
+            return [e for e in engines if e.pid in self.target.pids]
+        return [e for e in engines if e.profile == self.target.profile.name]
+
+
+def _profiles_for(target_profile: Profile) -> list[Profile]:
+    others = [p for p in all_builtin() if p.name != target_profile.name]
+    return [target_profile, *others]

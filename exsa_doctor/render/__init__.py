@@ -1,0 +1,38 @@
+"""Renderers: one module per format, each with `render(diagnosis) -> str`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from typing_extensions import assert_never
+
+from exsa_doctor.model import Diagnosis
+
+FormatName = Literal["text", "json", "markdown", "junit", "html"]
+FORMATS: tuple[FormatName, ...] = ("text", "json", "markdown", "junit", "html")
+
+
+def render_as(diagnosis: Diagnosis, fmt: str) -> str:
+    """Render `diagnosis` in the named format."""
+    name: FormatName = fmt  # type: ignore[assignment]
+    if name == "text":
+        from exsa_doctor.render import text
+
+        return text.render(diagnosis)
+    if name == "json":
+        from exsa_doctor.render import json as json_format
+
+        return json_format.render(diagnosis)
+    if name == "markdown":
+        from exsa_doctor.render import markdown
+
+        return markdown.render(diagnosis)
+    if name == "junit":
+        from exsa_doctor.render import junit
+
+        return junit.render(diagnosis)
+    if name == "html":
+        from exsa_doctor.render import html
+
+        return html.render(diagnosis)
+    assert_never(name)

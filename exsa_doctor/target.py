@@ -1,0 +1,213 @@
+"""What is being diagnosed: URL, host and port, model path, logs, PIDs and the engine profile.
+
+`resolve_target` turns command-line options (and the environment a user expects them from:
+`EXSA_URL`, `PORT`, `MODEL_PATH`) into one frozen `Target`. Bad input raises `UsageError` with
+a message meant for a person; the CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from exsa_doctor.model import TargetInfo
+from exsa_doctor.profiles import (
+    DEFAULT_PROFILE,
+    Profile,
+    ProfileError,
+    load_builtin,
+    load_file,
+)
+
+
+class UsageError(ValueError):
+    """Input a person gave that cannot be used; the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """The engine under diagnosis, as far as the options and environment tell."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    profile: Profile
+    profile_reason: str
+    model: Path | None = None
+    model_source: str = ""
+    logs: tuple[Path, ...] = ()
+    pids: tuple[int, ...] = ()
+    failed_at: float | None = None
+    watch_s: float = 0.0
+    generate: bool | None = None  # None: only when health is OK
+    timeout_s: float = 10.0
+    url_explicit: bool = False
+    port_explicit: bool = False
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    def endpoint(self, path: str) -> str:
+        return self.base_url + (path if path.startswith("/") else "/" + path)
+
+    def info(self) -> TargetInfo:
+        return TargetInfo(
+            url=self.url,
+            host=self.host,
+            port=self.port,
+            model=str(self.model) if self.model else None,
+            logs=tuple(str(p) for p in self.logs),
+            pids=self.pids,
+            profile=self.profile.name,
+            profile_reason=self.profile_reason,
+        )
+
+    def with_model(self, model: Path, source: str) -> Target:
+        return replace(self, model=model, model_source=source)
+
+
+def parse_time(text: str) -> float:
+    """ISO 8601 (`2025-11-23T16:55:52Z`, offsets allowed, naive means local) or epoch seconds."""
+    raw = text.strip()
+    if not raw:
+        raise UsageError("--failed-at is empty: give ISO 8601 (2025-11-23T23:41:56Z) or epoch seconds")
+    if re.fullmatch(r"\d+(\.\d+)?", raw):
+        value = float(raw)
+        if value > 1e11:  # milliseconds, as JavaScript and many loggers write them
+            value /= 1000.0
+        if not 0 < value < 4102444800:  # 2100-01-01
+            raise UsageError(f"--failed-at {text!r} is not a plausible epoch time")
+        return value
+    iso = raw[:-1] + "+00:00" if raw.endswith(("Z", "z")) else raw
+    try:
+        parsed = dt.datetime.fromisoformat(iso)
+    except ValueError:
+        raise UsageError(
+            f"--failed-at {text!r} is neither ISO 8601 (2025-11-23T23:41:56Z) nor epoch seconds"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.astimezone()
+    stamp = parsed.timestamp()
+    if not 0 < stamp < 4102444800:
+        raise UsageError(f"--failed-at {text!r} is not a plausible time")
+    return stamp
+
+
+def split_url(url: str) -> tuple[str, str, int]:
+    """Scheme, host and port of a base URL; the port defaults by scheme."""
+    candidate = url.strip()
+    if "://" not in candidate:
+        candidate = "http://" + candidate
+    try:
+        parts = urlsplit(candidate)
+        port = parts.port
+    except ValueError as exc:
+        raise UsageError(f"--url {url!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise UsageError(f"--url {url!r}: only http:// and https:// are supported")
+    if not parts.hostname:
+        raise UsageError(f"--url {url!r} has no host")
+    if port is None:
+        port = 443 if parts.scheme == "https" else 80
+    if not 0 < port < 65536:
+        raise UsageError(f"--url {url!r}: port must be 1-65535")
+    return parts.scheme, parts.hostname, port
+
+
+def choose_profile(name: str | None, profile_file: Path | None) -> tuple[Profile, str]:
+    """The profile to use and why; `auto` is refined later from what the probes see."""
+    try:
+        if profile_file is not None:
+            return load_file(profile_file), f"from --profile-file {profile_file}"
+        if name and name != "auto":
+            return load_builtin(name), "from --profile"
+    except ProfileError as exc:
+        raise UsageError(str(exc)) from None
+    return load_builtin(DEFAULT_PROFILE), "default (no engine found to detect another)"
+
+
+def resolve_target(
+    *,
+    url: str | None = None,
+    port: int | None = None,
+    host: str | None = None,
+    model: Path | None = None,
+    logs: Sequence[Path] = (),
+    pids: Sequence[int] = (),
+    failed_at: str | None = None,
+    watch_s: float = 0.0,
+    generate: bool | None = None,
+    timeout_s: float = 10.0,
+    profile: str | None = None,
+    profile_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Target:
+    """Options plus environment -> `Target`. Does no probing beyond reading the environment."""
+    env = os.environ if environ is None else environ
+    if timeout_s <= 0 or timeout_s > 3600:
+        raise UsageError("--timeout must be between 0 and 3600 seconds")
+    if watch_s < 0 or watch_s > 3600:
+        raise UsageError("--watch must be between 0 and 3600 seconds")
+    for pid in pids:
+        if pid <= 0:
+            raise UsageError(f"--pid {pid}: a PID is a positive number")
+    chosen, reason = choose_profile(profile, profile_file)
+    url_explicit = url is not None or "EXSA_URL" in env
+    if url is None:
+        url = env.get("EXSA_URL")
+    port_explicit = port is not None or url is not None or "PORT" in env
+    if url is None:
+        env_port = env.get(chosen.port_env or "PORT") or env.get("PORT")
+        chosen_port = port or _int_or_none(env_port) or chosen.default_port
+        url = f"http://{host or '127.0.0.1'}:{chosen_port}"
+    scheme, url_host, url_port = split_url(url)
+    if port is not None:
+        if not 0 < port < 65536:
+            raise UsageError("--port must be 1-65535")
+        url_port = port
+    if host:
+        url_host = host
+    model_path: Path | None = None
+    model_source = ""
+    if model is not None:
+        model_path, model_source = model, "--model"
+    elif env.get("MODEL_PATH"):
+        model_path, model_source = Path(env["MODEL_PATH"]), "MODEL_PATH"
+    when = parse_time(failed_at) if failed_at else None
+    return Target(
+        url=url,
+        scheme=scheme,
+        host=url_host,
+        port=url_port,
+        profile=chosen,
+        profile_reason=reason,
+        model=model_path,
+        model_source=model_source,
+        logs=tuple(logs),
+        pids=tuple(pids),
+        failed_at=when,
+        watch_s=watch_s,
+        generate=generate,
+        timeout_s=timeout_s,
+        url_explicit=url_explicit,
+        port_explicit=port_explicit,
+    )
+
+
+def _int_or_none(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        return None
+    return number if 0 < number < 65536 else None
