@@ -87,8 +87,10 @@ def remediation_for(
         text = fill(step.text, by_id, target)
         if text is None:
             continue
-        commands = tuple(c for c in (fill(c, by_id, target) for c in step.commands) if c)
-        out.append(Remediation(text=text, commands=commands))
+        commands = [fill(c, by_id, target) for c in step.commands]
+        if any(c is None for c in commands):
+            continue  # a command we cannot make exact is not shown half-filled
+        out.append(Remediation(text=text, commands=tuple(c for c in commands if c)))
     return tuple(out)
 
 
