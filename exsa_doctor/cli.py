@@ -162,39 +162,38 @@ def render(diagnosis, fmt: ReportFormat) -> str:  # type: ignore[no-untyped-def]
     return render_as(diagnosis, fmt.value)
 
 
-@app.command()
-def diagnose(
-    url: UrlOpt = None,
-    model: ModelOpt = None,
-    log: LogOpt = None,
-    pid: PidOpt = None,
-    watch: Annotated[
-        float, typer.Option("--watch", help="Keep observing up to this many seconds.")
-    ] = 0.0,
-    failed_at: Annotated[
-        Optional[str],
-        typer.Option("--failed-at", help="When the client's request failed (ISO 8601 or epoch)."),
-    ] = None,
-    generate: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--generate/--no-generate", help="One tiny generation (default: when health is OK)."
-        ),
-    ] = None,
-    probe: Annotated[
-        Optional[list[str]], typer.Option("--probe", help="Run only these probes (repeatable).")
-    ] = None,
-    timeout: Annotated[
-        float, typer.Option("--timeout", help="Bound on the whole run, seconds.")
-    ] = 10.0,
-    fmt: Annotated[ReportFormat, typer.Option("--format", help="Report format.")] = ReportFormat.text,
-    output: Annotated[
-        Optional[Path], typer.Option("--output", help="Write the report here instead of stdout.")
-    ] = None,
-    profile: ProfileOpt = "auto",
-    profile_file: ProfileFileOpt = None,
-) -> None:
-    """Run the probes side by side and print a ranked diagnosis with evidence and fixes."""
+WatchOpt = Annotated[
+    float, typer.Option("--watch", help="Keep observing up to this many seconds.")
+]
+FailedAtOpt = Annotated[
+    Optional[str],
+    typer.Option("--failed-at", help="When the client's request failed (ISO 8601 or epoch)."),
+]
+GenerateOpt = Annotated[
+    Optional[bool],
+    typer.Option("--generate/--no-generate", help="One tiny generation (default: when health is OK)."),
+]
+ProbeOpt = Annotated[
+    Optional[list[str]], typer.Option("--probe", help="Run only these probes (repeatable).")
+]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Bound on the whole run, seconds.")]
+
+
+def run_diagnosis_for(
+    *,
+    url: str | None,
+    model: Path | None,
+    log: list[Path] | None,
+    pid: list[int] | None,
+    watch: float,
+    failed_at: str | None,
+    generate: bool | None,
+    probe: list[str] | None,
+    timeout: float,
+    profile: str,
+    profile_file: Path | None,
+):  # type: ignore[no-untyped-def]
+    """Shared by `diagnose` and `bundle`: options -> Target -> Diagnosis."""
     from exsa_doctor import probes as probe_registry
     from exsa_doctor.runner import diagnose as run_diagnosis
 
@@ -218,13 +217,114 @@ def diagnose(
         profile=profile,
         profile_file=profile_file,
     )
+    for path in log or ():
+        if path.is_dir():
+            fail_usage(f"--log {path} is a directory; give the log file")
+    return target, run_diagnosis(target, selected)
+
+
+@app.command()
+def diagnose(
+    url: UrlOpt = None,
+    model: ModelOpt = None,
+    log: LogOpt = None,
+    pid: PidOpt = None,
+    watch: WatchOpt = 0.0,
+    failed_at: FailedAtOpt = None,
+    generate: GenerateOpt = None,
+    probe: ProbeOpt = None,
+    timeout: TimeoutOpt = 10.0,
+    fmt: Annotated[ReportFormat, typer.Option("--format", help="Report format.")] = ReportFormat.text,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", help="Write the report here instead of stdout.")
+    ] = None,
+    profile: ProfileOpt = "auto",
+    profile_file: ProfileFileOpt = None,
+) -> None:
+    """Run the probes side by side and print a ranked diagnosis with evidence and fixes."""
     if output is not None and output.is_dir():
         fail_usage(f"--output {output} is a directory; give a file name")
     if fmt is ReportFormat.html and output is None and sys.stdout.isatty():
         fail_usage("--format html writes a whole page: give --output FILE.html")
-    diagnosis = run_diagnosis(target, selected)
+    _target, diagnosis = run_diagnosis_for(
+        url=url, model=model, log=log, pid=pid, watch=watch, failed_at=failed_at,
+        generate=generate, probe=probe, timeout=timeout, profile=profile,
+        profile_file=profile_file,
+    )
     write_output(render(diagnosis, fmt), output)
     raise typer.Exit(exit_code_for(diagnosis.verdict.value))
+
+
+@app.command()
+def bundle(
+    output: Annotated[Path, typer.Option("--output", help="The .tar.gz to write.")],
+    url: UrlOpt = None,
+    model: ModelOpt = None,
+    log: LogOpt = None,
+    pid: PidOpt = None,
+    watch: WatchOpt = 0.0,
+    failed_at: FailedAtOpt = None,
+    generate: GenerateOpt = None,
+    probe: ProbeOpt = None,
+    timeout: TimeoutOpt = 10.0,
+    profile: ProfileOpt = "auto",
+    profile_file: ProfileFileOpt = None,
+) -> None:
+    """Diagnose, then write a redacted support bundle (reports, log tails, processes, system)."""
+    from exsa_doctor.bundle import build_bundle
+    from exsa_doctor.context import Context
+
+    if output.is_dir():
+        fail_usage(f"--output {output} is a directory; give a file name like report.tar.gz")
+    if not output.parent.exists():
+        fail_usage(f"--output {output}: folder {output.parent} does not exist")
+    target, diagnosis = run_diagnosis_for(
+        url=url, model=model, log=log, pid=pid, watch=watch, failed_at=failed_at,
+        generate=generate, probe=probe, timeout=timeout, profile=profile,
+        profile_file=profile_file,
+    )
+    import time as _time
+
+    ctx = Context(target=target, deadline=_time.monotonic() + 2.0)
+    engines, _complete = ctx.engines()
+    try:
+        result = build_bundle(diagnosis, engines, target.logs, output)
+    except OSError as exc:
+        fail_usage(f"cannot write --output {output}: {exc.strerror or exc}")
+    redacted = sum(result.redactions.values())
+    sys.stderr.write(
+        f"exsa-doctor: wrote {result.path} ({result.size} bytes, {len(result.files)} files, "
+        f"{redacted} secrets redacted); verdict {diagnosis.verdict.value}\n"
+    )
+    raise typer.Exit(exit_code_for(diagnosis.verdict.value))
+
+
+@app.command()
+def triage(
+    reports: Annotated[
+        list[Path], typer.Argument(help="JSON reports, or folders searched for *.json.")
+    ],
+    fmt: Annotated[
+        ReportFormat, typer.Option("--format", help="text or json.")
+    ] = ReportFormat.text,
+) -> None:
+    """Which causes recur across many JSON reports (a CI fleet's artifacts), newest first."""
+    import json as _json
+
+    from exsa_doctor.triage import render_text, triage as fold
+
+    missing = [str(p) for p in reports if not p.exists()]
+    if missing:
+        fail_usage(f"no such file or folder: {', '.join(missing)}")
+    if fmt not in (ReportFormat.text, ReportFormat.json):
+        fail_usage("triage writes --format text or json")
+    result = fold(reports)
+    if fmt is ReportFormat.json:
+        sys.stdout.write(_json.dumps(result.as_dict(), indent=2) + "\n")
+    else:
+        sys.stdout.write(render_text(result))
+    if result.reports == 0:
+        raise typer.Exit(EXIT_INCONCLUSIVE)
 
 
 @app.command()
