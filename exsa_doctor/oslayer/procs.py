@@ -76,7 +76,7 @@ def process_info(proc: psutil.Process, cached: dict[str, object] | None = None) 
     exe = d.get("exe")
     user = d.get("username")
     created = d.get("create_time")
-    orphaned = _is_orphan(ppid_i, parent_alive)
+    orphaned = _is_orphan(ppid_i, parent_alive, proc.pid)
     return ProcessInfo(
         pid=proc.pid,
         ppid=ppid_i,
@@ -95,18 +95,20 @@ def process_info(proc: psutil.Process, cached: dict[str, object] | None = None) 
     )
 
 
-def _is_orphan(ppid: int | None, parent_alive: bool) -> bool:
+def _is_orphan(ppid: int | None, parent_alive: bool, pid: int | None = None) -> bool:
     """Re-parented to init (PID 1) or to a subreaper that is not the process that started it.
 
-    We cannot know the original parent after the fact, so: PID 1 as parent means orphaned unless
-    we ourselves are PID 1's direct child tree root (containers), and a dead parent means orphaned.
+    We cannot know the original parent after the fact, so: PID 1 (or a subreaper such as
+    `systemd --user`) as parent means orphaned, and a dead parent means orphaned; except for a
+    process with no parent at all (PPID 0: it *is* PID 1, e.g. the engine as a container's init)
+    and for a service its service manager started on purpose (a systemd `.service` cgroup).
     """
-    if ppid is None:
+    if ppid is None or ppid == 0:
         return False
     if not parent_alive:
         return True
     if ppid == 1:
-        return True
+        return not _is_managed_service(pid)
     try:
         parent = psutil.Process(ppid)
         # A subreaper (systemd --user, tini, a CI runner) adopting a daemonised child: the parent
@@ -114,7 +116,31 @@ def _is_orphan(ppid: int | None, parent_alive: bool) -> bool:
         pname = parent.name()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
-    return pname in {"systemd", "init", "tini", "dumb-init", "launchd", "s6-svscan"} and ppid != 1
+    if pname not in {"systemd", "init", "tini", "dumb-init", "launchd", "s6-svscan"}:
+        return False
+    return not _is_managed_service(pid)
+
+
+def _is_managed_service(pid: int | None) -> bool:
+    """A systemd service (`ollama.service`): PID 1 or `systemd --user` is its intended parent.
+
+    Linux only; the innermost cgroup of such a process is named `*.service` (a process left
+    behind by a shell sits in a `session-N.scope` or an app scope instead).
+    """
+    if pid is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as fh:
+            text = fh.read(64 * 1024)
+    except OSError:
+        return False
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3 and (parts[0] == "0" or parts[1] == "name=systemd"):
+            leaf = parts[2].rstrip("/").rsplit("/", 1)[-1]
+            if leaf.endswith(".service") and not leaf.startswith("user@"):
+                return True
+    return False
 
 
 def environ_of(pid: int) -> dict[str, str] | None:

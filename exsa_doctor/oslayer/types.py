@@ -54,6 +54,9 @@ class Listener:
     uid: int | None
     pid: int | None  # None when permissions hide the owner
     owner_hidden: bool = False
+    # IPV6_V6ONLY of an IPv6 socket (None: unknown or IPv4); a "::" listener without it also
+    # accepts IPv4 connections
+    v6only: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,9 @@ class ListenerScan:
     port: int
     listeners: tuple[Listener, ...]
     complete: bool = True  # False when the deadline cut the PID walk short
-    method: str = ""  # "procfs", "psutil", "lsof"
+    method: str = ""  # "sock_diag", "procfs", "psutil", "lsof"
     note: str = ""
+    scanned: int = 0  # processes whose fd tables were read to find the owners
 
 
 @dataclass(frozen=True)
