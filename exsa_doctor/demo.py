@@ -1,0 +1,95 @@
+"""`exsa-doctor demo [SCENARIO]`: build a real failure on this machine, diagnose it, clean up.
+
+The scenario (see `scenarios.py`) starts real processes: the stand-in engine, a squatter on
+its port, a lock holder, an orphan. The diagnosis is the same one `diagnose` runs, pointed at
+the scenario's URL, model, log and the time the simulated client's request failed. Whatever
+happens (an error, Ctrl-C, SIGTERM), every process the scenario started is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from exsa_doctor.model import Diagnosis
+from exsa_doctor.scenarios import Scenario, build, names
+
+if TYPE_CHECKING:
+    from exsa_doctor.target import Target
+
+DEFAULT_SCENARIO = "race"
+
+
+def scenario_target(sc: Scenario, timeout: float = 10.0) -> Target:
+    """The target a user of this scenario would give: its URL, model, log and failure time."""
+    from exsa_doctor.cli import build_target
+
+    watch = sc.watch_s
+    if watch and watch + 2 > timeout:
+        timeout = watch + 2.0  # as `diagnose` does: watching is never cut short by the bound
+    target: Target = build_target(
+        url=sc.url,
+        model=sc.model,
+        log=[sc.log] if sc.log else None,
+        pid=list(sc.target_pids) or None,
+        watch=watch,
+        failed_at=f"{sc.failed_at:.6f}" if sc.failed_at is not None else None,
+        timeout=timeout,
+    )
+    return target
+
+
+def diagnose_scenario(sc: Scenario, timeout: float = 10.0) -> Diagnosis:
+    """Run every probe against the scenario, exactly as `exsa-doctor diagnose` would."""
+    from exsa_doctor import probes
+    from exsa_doctor.runner import diagnose
+
+    return diagnose(scenario_target(sc, timeout), probes.select())
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt so cleanup runs when the demo itself is stopped."""
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stderr(message: str) -> None:
+    sys.stderr.write(f"demo: {message}\n")
+    sys.stderr.flush()
+
+
+def run_demo(
+    name: str = DEFAULT_SCENARIO,
+    timeout: float = 10.0,
+    notify: Callable[[str], None] | None = _stderr,
+) -> Diagnosis:
+    """Build `name`, diagnose it, always clean up. KeyError for an unknown scenario."""
+    if name not in names():
+        raise KeyError(name)
+    with _sigterm_as_interrupt():
+        sc = build(name, notify)
+        try:
+            if notify:
+                notify(f"scenario {sc.name}: {sc.title}")
+                notify(f"diagnosing {sc.url} (model {sc.model}, log {sc.log})")
+            return diagnose_scenario(sc, timeout)
+        finally:
+            if notify:
+                notify(f"cleaning up (stopping PIDs {', '.join(map(str, sc.pids)) or 'none'})")
+            sc.cleanup()
