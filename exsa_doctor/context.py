@@ -79,7 +79,17 @@ class Context:
         engines, _ = self.engines()
         if self.target.pids:
             return [e for e in engines if e.pid in self.target.pids]
-        return [e for e in engines if e.profile == self.target.profile.name]
+        mine = [e for e in engines if e.profile == self.target.profile.name]
+        # Several instances on one machine: the ones configured for the target port are meant;
+        # an instance that serves another port is somebody else's (or a wrong-address clue,
+        # which the port probe reports on its own).
+        default = self.target.profile.default_port
+        for_port = [
+            e
+            for e in mine
+            if (e.configured_port or default) == self.target.port
+        ]
+        return for_port or mine
 
 
 def _profiles_for(target_profile: Profile) -> list[Profile]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import ipaddress
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -508,6 +509,10 @@ class PortProbe(Probe):
             if e.info.state not in ("zombie", "dead")
             and (e.pid in target.pids if target.pids else e.profile == target.profile.name)
         ]
+        if target.model is not None and not target.pids:
+            # another instance serving another model is somebody else's engine, not ours
+            # on the wrong port
+            live = [e for e in live if e.model is None or _same_file(e.model, target.model)]
         if not live:
             return 0
         live.sort(key=lambda e: -(e.info.create_time or 0.0))  # newest first
@@ -582,3 +587,11 @@ def _health_path(ctx: Context, profile_name: str) -> str:
 
 
 __all__ = ["PortProbe", "covers", "format_address", "shared_listeners", "url_for"]
+
+
+def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name one file (by inode when both exist, else by normalised path)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.normpath(os.fspath(a)) == os.path.normpath(os.fspath(b))

@@ -102,10 +102,10 @@ class ProcessesProbe(Probe):
         engines, complete = ctx.engines()
         profile = target.profile.name
 
-        # what the user means: the named PIDs, else every instance of the target profile
-        named = [e for e in engines if e.pid in target.pids] if target.pids else []
+        # what the user means: the named PIDs, else the instances of the target profile meant
+        # for the target port (all of them when none is configured for it)
         of_profile = [e for e in engines if e.profile == profile]
-        meant = named if target.pids else of_profile
+        meant = ctx.target_engines()
         live_meant = _newest_first([e for e in meant if _live(e)])
         live_profile = _newest_first([e for e in of_profile if _live(e)])
         live_all = _newest_first([e for e in engines if _live(e)])
