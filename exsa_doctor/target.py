@@ -111,6 +111,8 @@ def split_url(url: str) -> tuple[str, str, int]:
         parts = urlsplit(candidate)
         port = parts.port
     except ValueError as exc:
+        if "port" in str(exc).lower():
+            raise UsageError(f"--url {url!r}: the port must be a number 1-65535") from None
         raise UsageError(f"--url {url!r} is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https"):
         raise UsageError(f"--url {url!r}: only http:// and https:// are supported")
