@@ -214,6 +214,7 @@ class Watch:
     pids: list[int]
     model: ModelFile | None
     planned: float
+    listens_elsewhere: bool = False
 
 
 def _model_path(ctx: Context, engines: Sequence[EngineProcess]) -> str | None:
@@ -355,6 +356,7 @@ class ProgressProbe(Probe):
             pids,
             model,
             planned=window,
+            listens_elsewhere=not ever_connected and _listens_anywhere(ctx, pids),
         )
         self._findings(out, watch)
         return out
@@ -417,7 +419,14 @@ class ProgressProbe(Probe):
             )
         # too short a look proves nothing: "stalled" needs a real window
         long_enough = min(observed, w.planned) >= MIN_STALL_WINDOW_S
-        if not moved.moved and not w.ever_connected and not gone and last.alive and long_enough:
+        if (
+            not moved.moved
+            and not w.ever_connected
+            and not gone
+            and last.alive
+            and long_enough
+            and not w.listens_elsewhere
+        ):
             hidden = sorted(last.hidden)
             out.add(
                 self.finding(
@@ -433,3 +442,14 @@ class ProgressProbe(Probe):
             parts.append(f"exited while watched: {', '.join(map(str, gone))}")
         parts.append("moving" if moved.moved else "nothing moved")
         out.detail = "; ".join(parts)
+
+
+def _listens_anywhere(ctx: Context, pids: list[int]) -> bool:
+    """An engine that listens (on any port) has finished loading: idle, not stalled."""
+    from exsa_doctor.oslayer.sockets import listening_ports_of
+
+    try:
+        ports = listening_ports_of(pids, ctx.deadline - 0.1)
+    except OSError:
+        return False
+    return any(ports.get(pid) for pid in pids)
