@@ -1,0 +1,474 @@
+"""The logs probe: what the engine itself said in its log (`--log`, repeatable).
+
+Symptom: the engine "started" but does not serve, or a request failed early. The log tells when
+the newest run started, validated and loaded the model and began to listen (and on which
+address), or which fatal line ended it: bind failure, model error, MODEL_PATH unset, mmap
+failure, out of memory, panic. With `--failed-at` it tells whether the failed request came before
+the engine listened (a race) or after.
+
+Only the newest run of a log decides the state; earlier runs (a log appended to by several
+starts) give `logs.restarts`. Reading is bounded (`parsers.logs.read_log`); llama.cpp's elapsed
+timestamps are anchored on the target engine's create time when it fits the log, else on the
+file's modification time.
+
+Finding ids: logs.missing, logs.started, logs.restarts, logs.model_validated, logs.model_loaded,
+logs.listening, logs.listening_other_address, logs.bind_failed, logs.model_error,
+logs.model_path_unset, logs.mmap_failed, logs.oom, logs.panic, logs.shutdown, logs.zero_tokens,
+logs.started_never_listened, logs.loading_in_progress, logs.failed_before_ready,
+logs.failed_after_ready.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import ipaddress
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from exsa_doctor.context import Context
+from exsa_doctor.model import Level
+from exsa_doctor.parsers.logs import (
+    LogBytes,
+    LogEvent,
+    LogReadError,
+    LogReport,
+    Run,
+    newest_start,
+    parse_log,
+    read_log,
+    split_address,
+)
+from exsa_doctor.probes.base import Probe, ProbeOutput
+
+LOADING_WINDOW_S = 600.0  # a load older than this is no longer "in progress" but stuck
+# How far an engine's create time may sit before the start its log implies (stamps written
+# later than the newest elapsed one push the file's mtime on) and still be that log's writer.
+_ANCHOR_BEFORE_S = 600.0
+_ANCHOR_AFTER_S = 2.0
+_WILDCARDS = frozenset({"0.0.0.0", "::", "*", "", "[::]"})
+_FATAL_IDS = (
+    ("bind_failed", "logs.bind_failed"),
+    ("model_path_unset", "logs.model_path_unset"),
+    ("model_error", "logs.model_error"),
+    ("mmap_failed", "logs.mmap_failed"),
+    ("oom", "logs.oom"),
+    ("panic", "logs.panic"),
+)
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A `--log` that could not be read, and why."""
+
+    path: str
+    reason: str
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, LogReadError):
+        return str(exc)
+    if exc.errno == errno_mod.ENOENT:
+        return "no such file"
+    if exc.errno in (errno_mod.EACCES, errno_mod.EPERM):
+        return "permission denied"
+    if exc.errno == errno_mod.EISDIR:
+        return "is a directory"
+    return exc.strerror or str(exc)
+
+
+def _engine_anchor(ctx: Context, raw: LogBytes, last_elapsed: float) -> float | None:
+    """The create time of the target engine that fits as the writer of the log's newest run."""
+    try:
+        engines = ctx.target_engines()
+    except Exception:  # the process walk failing must not cost us the log
+        return None
+    implied = raw.mtime - last_elapsed  # when the newest run's clock was at zero, roughly
+    fits = [
+        e.info.create_time
+        for e in engines
+        if e.info.create_time is not None
+        and implied - _ANCHOR_BEFORE_S <= e.info.create_time <= implied + _ANCHOR_AFTER_S
+    ]
+    return max(fits) if fits else None
+
+
+def log_report(ctx: Context, path: Path) -> LogReport | Unreadable:
+    """One log, read and parsed once per run whichever probe asks first."""
+
+    def compute() -> LogReport | Unreadable:
+        try:
+            raw = read_log(path)
+        except OSError as exc:
+            return Unreadable(str(path), _reason(exc))
+        profile = ctx.target.profile
+        report = parse_log(raw, profile)
+        if profile.timestamp_format == "elapsed" and report.last_elapsed is not None:
+            anchor = _engine_anchor(ctx, raw, report.last_elapsed)
+            if anchor is not None and (report.anchor is None or abs(anchor - report.anchor) > 1e-3):
+                report = parse_log(raw, profile, anchor=anchor)
+        return report
+
+    return ctx.shared(f"logs:report:{os.path.abspath(path)}", compute)
+
+
+def last_start_time(ctx: Context) -> float | None:
+    """The newest start-marker time across the target's logs (None: no log, or no times)."""
+
+    def compute() -> float | None:
+        reports = [r for p in ctx.target.logs if isinstance(r := log_report(ctx, p), LogReport)]
+        return newest_start(reports)
+
+    return ctx.shared("logs:last_start", compute)
+
+
+def _clock(t: float | None) -> str:
+    if t is None:
+        return "an unknown time"
+    lt = time.localtime(t)
+    return time.strftime("%H:%M:%S", lt) + f".{int((t % 1) * 1000):03d}"
+
+
+def _round(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _covers(listen_host: str, target_host: str) -> bool:
+    """Whether a server listening on `listen_host` can be reached as `target_host`."""
+    listen = listen_host.strip("[]").lower()
+    target = target_host.strip("[]").lower()
+    if listen == target or listen in _WILDCARDS:
+        return True
+    loopbacks = {"localhost"}
+    try:
+        listen_ip = ipaddress.ip_address(listen)
+    except ValueError:
+        listen_ip = None
+    try:
+        target_ip = ipaddress.ip_address(target)
+    except ValueError:
+        target_ip = None
+    if target in loopbacks and (listen in loopbacks or (listen_ip and listen_ip.is_loopback)):
+        return True
+    if listen in loopbacks and target_ip is not None and target_ip.is_loopback:
+        return True
+    if listen_ip is None or target_ip is None:
+        return True  # a host name we cannot compare without resolving: no opinion
+    return listen_ip == target_ip
+
+
+def _url_for(scheme: str, host: str, port: int) -> str:
+    host = host.strip("[]")
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+class LogsProbe(Probe):
+    """Reads the engine's log: start, validation, load, listening address, fatal lines, and the
+    request's failure time against the moment the engine listened.
+
+    Emits logs.missing for an unreadable `--log`; for the newest run logs.started,
+    logs.model_validated, logs.model_loaded, logs.listening (and logs.listening_other_address
+    when it listens elsewhere than the target), logs.bind_failed, logs.model_error,
+    logs.model_path_unset, logs.mmap_failed, logs.oom, logs.panic, logs.shutdown (a clean exit),
+    logs.zero_tokens, logs.started_never_listened, logs.loading_in_progress; logs.restarts for
+    several starts; with --failed-at logs.failed_before_ready or logs.failed_after_ready.
+    """
+
+    name = "logs"
+    title = "Engine log"
+    timeout_s = 2.0
+    emits = (
+        "logs.missing",
+        "logs.started",
+        "logs.restarts",
+        "logs.model_validated",
+        "logs.model_loaded",
+        "logs.listening",
+        "logs.listening_other_address",
+        "logs.bind_failed",
+        "logs.model_error",
+        "logs.model_path_unset",
+        "logs.mmap_failed",
+        "logs.oom",
+        "logs.panic",
+        "logs.shutdown",
+        "logs.zero_tokens",
+        "logs.started_never_listened",
+        "logs.loading_in_progress",
+        "logs.failed_before_ready",
+        "logs.failed_after_ready",
+    )
+
+    def applies(self, ctx: Context) -> str | None:
+        return None if ctx.target.logs else "no --log given"
+
+    def run(self, ctx: Context) -> ProbeOutput:
+        out = ProbeOutput()
+        now = time.time()
+        reports: list[tuple[Path, LogReport]] = []
+        for path in ctx.target.logs:
+            ctx.check_deadline()
+            result = log_report(ctx, path)
+            if isinstance(result, Unreadable):
+                out.add(self.finding(
+                    "logs.missing", Level.WARNING,
+                    f"cannot read the log {result.path}: {result.reason}",
+                    {"path": result.path, "reason": result.reason},
+                ))
+                continue
+            reports.append((path, result))
+        if not reports:
+            out.detail = "no log could be read"
+            return out
+        primary_path, primary = self._primary(reports)
+        seen: set[str] = set()
+        # fatal lines from every log's newest run (llama.cpp's own errors may sit in a stderr log)
+        for path, report in sorted(reports, key=lambda pr: pr[0] != primary_path):
+            run = report.last_run
+            if run is None:
+                continue
+            self._fatal(out, run, path, seen)
+            self._zero_tokens(out, run, path, seen)
+        fatal = bool(seen & {fid for _, fid in _FATAL_IDS})
+        self._state(ctx, out, primary_path, primary, fatal=fatal, now=now)
+        self._failed_at(ctx, out, primary)
+        for path, report in reports:
+            self._timeline(out, report, full=path == primary_path)
+        out.detail = self._detail(reports, primary)
+        return out
+
+    # ---------------------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _primary(reports: list[tuple[Path, LogReport]]) -> tuple[Path, LogReport]:
+        """The log whose newest run started last (else the first with a start, else the first)."""
+        timed = [(p, r) for p, r in reports if r.started_at is not None]
+        if timed:
+            return max(timed, key=lambda pr: pr[1].started_at or 0.0)
+        started = [(p, r) for p, r in reports if r.starts]
+        return started[0] if started else reports[0]
+
+    def _fatal(self, out: ProbeOutput, run: Run, path: Path, seen: set[str]) -> None:
+        for marker, fid in _FATAL_IDS:
+            event = run.first(marker)
+            if event is None or fid in seen:
+                continue
+            seen.add(fid)
+            data: dict[str, Any] = {"t": event.t}
+            if marker == "bind_failed":
+                failure = run.bind_failure
+                assert failure is not None
+                data.update(address=failure.address, errno=failure.errno, port=failure.port)
+                errno_text = f" (os error {failure.errno})" if failure.errno is not None else ""
+                summary = (f"the engine could not bind {failure.address or 'its address'}"
+                           f"{errno_text} at {_clock(event.t)}")
+            elif marker == "model_error":
+                reason = event.groups.get("reason") or event.groups.get("path") or event.line
+                data.update(reason=reason, line=event.line)
+                summary = f"the model failed to load: {reason}"
+            elif marker == "model_path_unset":
+                summary = "the engine exited: MODEL_PATH environment variable must be set"
+            else:
+                data["line"] = event.line
+                what = {"mmap_failed": "mapping the model failed", "oom": "out of memory",
+                        "panic": "the engine panicked/aborted"}[marker]
+                summary = f"{what}: {event.line.strip()[:160]}"
+            data["log"] = str(path)
+            out.add(self.finding(fid, Level.ERROR, summary, data))
+
+    def _zero_tokens(self, out: ProbeOutput, run: Run, path: Path, seen: set[str]) -> None:
+        event = run.first("zero_tokens")
+        if event is None or "logs.zero_tokens" in seen:
+            return
+        seen.add("logs.zero_tokens")
+        count = run.counts.get("zero_tokens", 1)
+        out.add(self.finding(
+            "logs.zero_tokens", Level.WARNING,
+            f"the log reports a generation with 0 tokens ({count} time(s))",
+            {"t": event.t, "count": count, "log": str(path)},
+        ))
+
+    def _state(
+        self, ctx: Context, out: ProbeOutput, path: Path, report: LogReport, *, fatal: bool,
+        now: float,
+    ) -> None:
+        run = report.last_run
+        if run is None:
+            return
+        log = str(path)
+        if run.start is not None:
+            version = run.version
+            out.add(self.finding(
+                "logs.started", Level.INFO,
+                f"the engine started at {_clock(run.started_at)}"
+                + (f" (version {version})" if version else ""),
+                {"t": run.started_at, "version": version, "log": log},
+            ))
+        if report.start_count > 1:
+            out.add(self.finding(
+                "logs.restarts", Level.INFO,
+                f"the log holds {report.start_count} starts; the newest one is diagnosed",
+                {"count": report.start_count, "log": log},
+            ))
+        validated = run.first("model_validated")
+        if validated is not None:
+            out.add(self.finding("logs.model_validated", Level.INFO, "model validation passed",
+                                 {"t": validated.t, "log": log}))
+        loaded = run.first("model_loaded")
+        if loaded is not None:
+            load_s = _round(run.load_s)
+            out.add(self.finding(
+                "logs.model_loaded", Level.OK,
+                "the model loaded" + (f" in {load_s:.2f} s" if load_s is not None else ""),
+                {"t": loaded.t, "load_s": load_s, "log": log},
+            ))
+        listening = run.listening
+        if listening is not None:
+            address = listening.groups.get("address")
+            out.add(self.finding(
+                "logs.listening", Level.OK,
+                f"the engine listens on {address or 'its address'} since {_clock(listening.t)}",
+                {"t": listening.t, "address": address, "log": log},
+            ))
+            self._other_address(ctx, out, address)
+        shutdown = run.shutdown
+        if shutdown is not None:
+            out.add(self.finding("logs.shutdown", Level.INFO,
+                                 f"the engine shut down at {_clock(shutdown.t)}",
+                                 {"t": shutdown.t, "log": log}))
+        started_at = run.started_at
+        since_s = _round(now - started_at, 1) if started_at is not None else None
+        if run.start is not None and listening is None and not fatal:
+            out.add(self.finding(
+                "logs.started_never_listened", Level.WARNING,
+                "the newest run started"
+                + (f" {since_s:.0f} s ago" if since_s is not None else "")
+                + " and never said it listens, with no fatal line",
+                {"since_s": since_s, "log": log},
+            ))
+        began = run.start or run.first("model_validated") or run.first("model_loading")
+        if began is not None and loaded is None and not fatal and shutdown is None:
+            if started_at is not None:
+                recent = now - started_at < LOADING_WINDOW_S
+            else:
+                recent = self._recently_written(path, now)
+            if recent:
+                out.add(self.finding(
+                    "logs.loading_in_progress", Level.INFO,
+                    "the newest run is still loading the model"
+                    + (f" ({since_s:.0f} s since start)" if since_s is not None else ""),
+                    {"since_s": since_s, "log": log},
+                ))
+
+    @staticmethod
+    def _recently_written(path: Path, now: float) -> bool:
+        try:
+            return now - os.stat(path).st_mtime < LOADING_WINDOW_S
+        except OSError:
+            return False
+
+    def _other_address(self, ctx: Context, out: ProbeOutput, address: str | None) -> None:
+        host, port = split_address(address)
+        if host is None and port is None:
+            return
+        target = ctx.target
+        port_differs = port is not None and port != target.port
+        host_differs = host is not None and not _covers(host, target.host)
+        if not (port_differs or host_differs):
+            return
+        url_host = target.host if host is None or host.strip("[]") in _WILDCARDS else host
+        url = _url_for(target.scheme, url_host, port if port is not None else target.port)
+        out.add(self.finding(
+            "logs.listening_other_address", Level.ERROR,
+            f"the engine listens on {address}, not on {target.host}:{target.port}: use {url}",
+            {"address": address, "url": url},
+        ))
+
+    def _failed_at(self, ctx: Context, out: ProbeOutput, report: LogReport) -> None:
+        failed_at = ctx.target.failed_at
+        if failed_at is None:
+            return
+        run = report.run_at(failed_at)
+        if run is None:
+            return  # no timed start: nothing to compare with
+        ready_at = run.listening_at
+        if ready_at is not None and ready_at <= failed_at:
+            out.add(self.finding(
+                "logs.failed_after_ready", Level.INFO,
+                f"the request failed at {_clock(failed_at)}, "
+                f"{failed_at - ready_at:.2f} s after the engine listened",
+                {"failed_at": failed_at, "ready_at": ready_at},
+            ))
+            return
+        gap_s = _round(ready_at - failed_at) if ready_at is not None else None
+        summary = (
+            f"the request failed at {_clock(failed_at)}, {gap_s:.2f} s before the engine listened"
+            if gap_s is not None
+            else f"the request failed at {_clock(failed_at)}; the engine never listened after it"
+        )
+        out.add(self.finding(
+            "logs.failed_before_ready", Level.ERROR, summary,
+            {"failed_at": failed_at, "ready_at": ready_at, "gap_s": gap_s},
+        ))
+
+    @staticmethod
+    def _timeline(out: ProbeOutput, report: LogReport, *, full: bool) -> None:
+        runs = report.runs[-3:] if full else report.runs[-1:]
+        for run in runs:
+            for event in run.events:
+                if event.t is None:
+                    continue
+                text = _timeline_text(event, run) if full else (
+                    _timeline_text(event, run) if event.marker in dict(_FATAL_IDS) else None
+                )
+                if text:
+                    out.event(event.t, "log", text)
+
+    @staticmethod
+    def _detail(reports: list[tuple[Path, LogReport]], primary: LogReport) -> str:
+        run = primary.last_run
+        parts = [f"{len(reports)} log(s) read"]
+        if run is None:
+            parts.append("no engine markers found")
+        else:
+            states = [name for name, present in (
+                ("started", run.start is not None),
+                ("validated", run.first("model_validated") is not None),
+                ("loaded", run.first("model_loaded") is not None),
+                ("listening", run.listening is not None),
+            ) if present]
+            parts.append("newest run: " + (", ".join(states) or "no lifecycle line"))
+            if run.fatal:
+                parts.append(f"fatal: {run.fatal[0].marker}")
+        if primary.stamped_lines == 0:
+            parts.append("no timestamps")
+        return "; ".join(parts)
+
+
+def _timeline_text(event: LogEvent, run: Run) -> str | None:
+    g = event.groups
+    marker = event.marker
+    if marker == "start":
+        return "engine started" + (f" (version {g['version']})" if g.get("version") else "")
+    if marker == "model_validated":
+        return "model validated"
+    if marker == "model_loading":
+        return "loading model" + (f" {g['path']}" if g.get("path") else "")
+    if marker == "model_loaded":
+        load_s = run.load_s
+        return "model loaded" + (f" ({load_s:.2f} s)" if load_s is not None else "")
+    if marker == "binding":
+        return "starting HTTP server" + (f" on {g['address']}" if g.get("address") else "")
+    if marker == "listening":
+        return "listening" + (f" on {g['address']}" if g.get("address") else "")
+    if marker == "bind_failed":
+        failure = run.bind_failure
+        where = failure.address if failure and failure.address else "its address"
+        return f"bind failed: {where}: {event.line.strip()[-120:]}"
+    if marker == "shutdown":
+        return "shut down" if run.shutdown is event else None
+    if marker in ("model_error", "model_path_unset", "mmap_failed", "oom", "panic"):
+        return f"{marker.replace('_', ' ')}: {event.line.strip()[:160]}"
+    return None

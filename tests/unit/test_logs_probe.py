@@ -1,0 +1,471 @@
+"""LogsProbe on real log files in tmp_path: huge, binary, unreadable, racing, failing, anchored."""
+
+from __future__ import annotations
+
+import calendar
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from exsa_doctor.context import Context
+from exsa_doctor.model import Finding
+from exsa_doctor.parsers.logs import HEAD_BYTES, MAX_TAIL_BYTES, LogReport
+from exsa_doctor.probes.base import ProbeOutput
+from exsa_doctor.probes.logs import LogsProbe, last_start_time, log_report
+from exsa_doctor.target import resolve_target
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "fixtures" / "logs"
+FINDINGS_DOC = (ROOT / "docs" / "findings.md").read_text(encoding="utf-8")
+
+
+def utc(y: int, mo: int, d: int, h: int, mi: int, s: float) -> float:
+    return calendar.timegm((y, mo, d, h, mi, 0, 0, 0, 0)) + s
+
+
+def iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{round(t % 1 * 1e6):06d}Z"
+
+
+def exsa_line(t: float, message: str, level: str = "INFO") -> str:
+    return f"{iso(t)} {level:>5} exsa_engine: {message}\n"
+
+
+def make_ctx(logs: Sequence[Path], *, url: str = "http://127.0.0.1:3000",
+             failed_at: str | None = None, profile: str | None = None,
+             pids: Sequence[int] = ()) -> Context:
+    target = resolve_target(url=url, logs=list(logs), failed_at=failed_at, profile=profile,
+                            pids=list(pids), environ={})
+    return Context(target=target, deadline=time.monotonic() + 5)
+
+
+def run_probe(ctx: Context) -> tuple[dict[str, Finding], ProbeOutput]:
+    probe = LogsProbe()
+    assert probe.applies(ctx) is None
+    out = probe.run(ctx)
+    for f in out.findings:
+        assert f.id in probe.emits and f"`{f.id}`" in FINDINGS_DOC
+        json.dumps(dict(f.data))  # the report must be able to serialise every value
+    return {f.id: f for f in out.findings}, out
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def healthy_run(t0: float, port: int = 3000, host: str = "127.0.0.1") -> str:
+    return (exsa_line(t0, "Starting Exsa-Engine v0.1.0")
+            + exsa_line(t0 + 0.01, "Model validation passed: /models/q.gguf")
+            + exsa_line(t0 + 12.0, "✅ Model loaded successfully with dynamic loading capability")
+            + exsa_line(t0 + 12.001, f"Starting HTTP server on {host}:{port}")
+            + exsa_line(t0 + 12.002, f"✅ Server listening on http://{host}:{port}"))
+
+
+# ---------------------------------------------------------------------------------- basics
+
+
+def test_skipped_without_logs() -> None:
+    ctx = make_ctx([])
+    assert LogsProbe().applies(ctx) == "no --log given"
+    assert LogsProbe.timeout_s <= 3 and LogsProbe.__doc__
+
+
+def test_every_emitted_id_is_in_the_contract() -> None:
+    logs_section = FINDINGS_DOC.split("## logs", 1)[1].split("\n## ", 1)[0]
+    documented = {line.split("`")[1] for line in logs_section.splitlines()
+                  if line.startswith("| `logs.")}
+    assert set(LogsProbe.emits) == documented
+
+
+def test_missing_file_and_directory_are_findings(tmp_path: Path) -> None:
+    _found, out = run_probe(make_ctx([tmp_path / "absent.log", tmp_path]))
+    missing = [f for f in out.findings if f.id == "logs.missing"]
+    assert [(f.data["path"], f.data["reason"]) for f in missing] == [
+        (str(tmp_path / "absent.log"), "no such file"), (str(tmp_path), "is a directory")]
+    assert out.detail == "no log could be read"
+
+
+def test_fifo_does_not_hang(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.log"
+    os.mkfifo(fifo)
+    found, _ = run_probe(make_ctx([fifo]))
+    assert found["logs.missing"].data["reason"].startswith("not a regular file")
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory anyone may traverse (pytest's tmp_path is private to its owner)."""
+    path = Path(tempfile.mkdtemp(prefix="exsa-doctor-logs-"))
+    path.chmod(0o711)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _probe_as_nobody(log: Path) -> list[list[Any]]:
+    """Run the probe in a forked child that dropped root for nobody (65534); its findings."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            out = LogsProbe().run(make_ctx([log]))
+            payload = json.dumps([[f.id, dict(f.data)] for f in out.findings]).encode()
+            os.write(write_end, payload)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        chunks = []
+        while chunk := os.read(read_end, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(read_end)
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    result: list[list[Any]] = json.loads(b"".join(chunks))
+    return result
+
+
+def test_unreadable_file_is_a_finding(open_dir: Path) -> None:
+    log = write(open_dir / "secret.log", healthy_run(1.7e9))
+    log.chmod(0o000)
+    if os.geteuid() != 0:
+        found, _ = run_probe(make_ctx([log]))
+        assert found["logs.missing"].data["reason"] == "permission denied"
+        return
+    # root reads anything: read it as nobody
+    assert _probe_as_nobody(log) == [
+        ["logs.missing", {"path": str(log), "reason": "permission denied"}]]
+
+
+def test_binary_file_gives_no_findings_and_no_crash(tmp_path: Path) -> None:
+    log = tmp_path / "core.bin"
+    log.write_bytes(bytes(range(256)) * 4096 + os.urandom(1 << 16))
+    found, out = run_probe(make_ctx([log]))
+    assert found == {}
+    assert "no engine markers" in out.detail
+
+
+# ---------------------------------------------------------------------------------- size
+
+
+def test_fifty_megabyte_log_with_the_markers_at_the_end(tmp_path: Path) -> None:
+    t0 = time.time() - 3600
+    log = tmp_path / "big.log"
+    filler = exsa_line(t0 - 7200, "Received generation request with prompt length: 5 chars")
+    with log.open("w", encoding="utf-8") as fh:
+        fh.write(exsa_line(t0 - 7300, "Starting Exsa-Engine v0.0.9"))
+        block = filler * 1000
+        while fh.tell() < 50 << 20:
+            fh.write(block)
+        fh.write(healthy_run(t0, port=3000))
+    assert log.stat().st_size >= 50 << 20
+    ctx = make_ctx([log])
+    found, _out = run_probe(ctx)
+    assert found["logs.started"].data["version"] == "0.1.0"
+    assert found["logs.started"].data["t"] == pytest.approx(t0, abs=1e-5)
+    assert found["logs.listening"].data["address"] == "127.0.0.1:3000"
+    assert found["logs.restarts"].data["count"] == 2  # the one in the head and the newest
+    assert "logs.listening_other_address" not in found
+    report = log_report(ctx, log)
+    assert isinstance(report, LogReport)
+    assert report.bytes_parsed <= HEAD_BYTES + MAX_TAIL_BYTES
+    assert report.skipped_bytes > 48 << 20
+
+
+def test_twenty_megabyte_single_line(tmp_path: Path) -> None:
+    log = tmp_path / "one-line.log"
+    with log.open("wb") as fh:
+        fh.write(b"=" * (20 << 20))
+    found, _ = run_probe(make_ctx([log]))
+    assert found == {}
+    t0 = time.time() - 30
+    with log.open("a", encoding="utf-8") as fh:
+        fh.write("\n" + healthy_run(t0))
+    found, _ = run_probe(make_ctx([log]))
+    assert found["logs.listening"].data["t"] == pytest.approx(t0 + 12.002, abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------- race
+
+
+def test_race_failed_before_ready(tmp_path: Path) -> None:
+    t = utc(2025, 11, 23, 23, 41, 53.0)
+    log = write(tmp_path / "server.log", healthy_run(t))
+    failed = iso(t + 3.0)
+    found, out = run_probe(make_ctx([log], failed_at=failed))
+    before = found["logs.failed_before_ready"]
+    assert before.data["failed_at"] == pytest.approx(t + 3.0)
+    assert before.data["ready_at"] == pytest.approx(t + 12.002)
+    assert before.data["gap_s"] == pytest.approx(9.002, abs=1e-3)
+    assert "logs.failed_after_ready" not in found
+    assert found["logs.model_loaded"].data["load_s"] == pytest.approx(11.99, abs=1e-3)
+    events = [(round(e.t, 3), e.source, e.event) for e in out.timeline]
+    assert (round(t, 3), "log", "engine started (version 0.1.0)") in events
+    assert (round(t + 12.002, 3), "log", "listening on 127.0.0.1:3000") in events
+
+
+def test_seed_race_fixture(tmp_path: Path) -> None:
+    found, _ = run_probe(make_ctx([FIXTURES / "exsa-engine" / "race.log"],
+                                  url="http://127.0.0.1:32841",
+                                  failed_at="2025-11-23T23:41:56.127Z"))
+    assert found["logs.failed_before_ready"].data["gap_s"] == pytest.approx(9.087, abs=1e-3)
+
+
+def test_failed_after_ready(tmp_path: Path) -> None:
+    t = utc(2025, 11, 23, 10, 0, 0)
+    log = write(tmp_path / "server.log", healthy_run(t))
+    found, _ = run_probe(make_ctx([log], failed_at=iso(t + 30)))
+    after = found["logs.failed_after_ready"]
+    assert after.data == {"failed_at": pytest.approx(t + 30), "ready_at": pytest.approx(t + 12.002)}
+    assert "logs.failed_before_ready" not in found
+
+
+def test_failed_in_a_run_that_never_listened(tmp_path: Path) -> None:
+    t = utc(2025, 11, 23, 10, 0, 0)
+    text = healthy_run(t) + exsa_line(t + 100, "Starting Exsa-Engine v0.1.0") + exsa_line(
+        t + 100.2, "Failed to bind to 127.0.0.1:3000: Address already in use (os error 98)",
+        "ERROR")
+    log = write(tmp_path / "server.log", text)
+    found, _ = run_probe(make_ctx([log], failed_at=iso(t + 101)))
+    before = found["logs.failed_before_ready"]
+    assert before.data["ready_at"] is None and before.data["gap_s"] is None
+    # a failure during the first run compares with the first run's listening time
+    found, _ = run_probe(make_ctx([log], failed_at=iso(t + 50)))
+    assert found["logs.failed_after_ready"].data["ready_at"] == pytest.approx(t + 12.002)
+
+
+# ---------------------------------------------------------------------------------- states
+
+
+def test_bind_failure(tmp_path: Path) -> None:
+    found, out = run_probe(make_ctx([FIXTURES / "exsa-engine" / "bind-failed.log"],
+                                    url="http://127.0.0.1:47051"))
+    bind = found["logs.bind_failed"]
+    assert bind.data["address"] == "127.0.0.1:47051"
+    assert (bind.data["errno"], bind.data["port"]) == (98, 47051)
+    assert bind.status.value == "error"
+    assert "logs.started_never_listened" not in found  # a fatal line explains the silence
+    assert "logs.loading_in_progress" not in found
+    assert any(e.event.startswith("bind failed: 127.0.0.1:47051") for e in out.timeline)
+
+
+@pytest.mark.parametrize(
+    ("name", "fid", "key", "value"),
+    [
+        ("model-missing.log", "logs.model_error", "reason",
+         "Model error: Model file not found: /tmp/b1cap/nope.gguf"),
+        ("model-path-unset.log", "logs.model_path_unset", None, None),
+        ("mmap-failed.log", "logs.mmap_failed", "line",
+         "llama_model_load: error loading model: mmap failed: Cannot allocate memory"),
+        ("oom.log", "logs.oom", "line", "ggml_backend_cpu_buffer_type_alloc_buffer: failed to "
+                                        "allocate buffer of size 1073741824"),
+    ],
+)
+def test_fatal_lines(name: str, fid: str, key: str | None, value: str | None) -> None:
+    found, _ = run_probe(make_ctx([FIXTURES / "exsa-engine" / name]))
+    assert fid in found
+    assert found[fid].data["t"] is not None
+    if key:
+        assert found[fid].data[key] == value
+    assert "logs.started_never_listened" not in found
+    if name == "mmap-failed.log":
+        assert "logs.oom" not in found
+
+
+def test_panic_and_zero_tokens(tmp_path: Path) -> None:
+    t = time.time() - 60
+    text = (healthy_run(t)
+            + exsa_line(t + 20, "speculative: 0 tokens generated")
+            + "thread 'tokio-runtime-worker' panicked at src/inference/engine.rs:475:9:\n"
+            + "called `Option::unwrap()` on a `None` value\n")
+    found, _ = run_probe(make_ctx([write(tmp_path / "s.log", text)]))
+    assert found["logs.panic"].data["line"].startswith("thread 'tokio-runtime-worker' panicked")
+    assert found["logs.panic"].data["t"] == pytest.approx(t + 20, abs=1e-5)  # inherited
+    assert found["logs.zero_tokens"].data["t"] == pytest.approx(t + 20, abs=1e-5)
+    assert "logs.shutdown" not in found
+
+
+def test_shutdown_only_when_it_is_the_last_event(tmp_path: Path) -> None:
+    found, _ = run_probe(make_ctx([FIXTURES / "exsa-engine" / "healthy.log"],
+                                  url="http://127.0.0.1:32841"))
+    assert found["logs.shutdown"].data["t"] == pytest.approx(utc(2026, 11, 26, 17, 24, 6.639989))
+    t = time.time() - 100
+    text = (healthy_run(t) + exsa_line(t + 50, "Server shut down gracefully")
+            + exsa_line(t + 60, "Starting Exsa-Engine v0.1.0"))
+    found, _ = run_probe(make_ctx([write(tmp_path / "s.log", text)]))
+    assert "logs.shutdown" not in found  # that shutdown belongs to the previous run
+    assert found["logs.restarts"].data["count"] == 2
+
+
+def test_started_never_listened_and_still_loading(tmp_path: Path) -> None:
+    t = time.time() - 5
+    text = exsa_line(t, "Starting Exsa-Engine v0.1.0") + exsa_line(
+        t + 0.01, "Model validation passed: /models/q.gguf")
+    found, out = run_probe(make_ctx([write(tmp_path / "s.log", text)]))
+    assert 4 <= found["logs.started_never_listened"].data["since_s"] < 120
+    assert 4 <= found["logs.loading_in_progress"].data["since_s"] < 120
+    assert found["logs.model_validated"].data["t"] == pytest.approx(t + 0.01, abs=1e-5)
+    assert "validated" in out.detail
+
+
+def test_an_old_load_is_not_in_progress(tmp_path: Path) -> None:
+    t = time.time() - 1200
+    text = exsa_line(t, "Starting Exsa-Engine v0.1.0") + exsa_line(
+        t + 0.01, "Model validation passed: /models/q.gguf")
+    found, _ = run_probe(make_ctx([write(tmp_path / "s.log", text)]))
+    assert found["logs.started_never_listened"].data["since_s"] >= 1199
+    assert "logs.loading_in_progress" not in found
+
+
+def test_fatal_line_in_a_second_log_counts(tmp_path: Path) -> None:
+    t = time.time() - 5
+    stdout = write(tmp_path / "out.log", exsa_line(t, "Starting Exsa-Engine v0.1.0")
+                   + exsa_line(t + 0.01, "Model validation passed: /m.gguf"))
+    stderr = write(tmp_path / "err.log",
+                   "llama_model_load: error loading model: tensor 'x' data is not within the "
+                   "file bounds, model is corrupted or incomplete\n")
+    found, _ = run_probe(make_ctx([stdout, stderr]))
+    assert found["logs.model_error"].data["log"] == str(stderr)
+    assert found["logs.model_error"].data["reason"].startswith("tensor 'x'")
+    assert "logs.started_never_listened" not in found
+    assert "logs.loading_in_progress" not in found
+    assert found["logs.started"].data["log"] == str(stdout)
+
+
+# ---------------------------------------------------------------------------------- address
+
+
+@pytest.mark.parametrize(
+    ("url", "listen", "expected_url"),
+    [
+        ("http://127.0.0.1:3000", "127.0.0.1:3001", "http://127.0.0.1:3001"),
+        ("http://127.0.0.1:3000", "[::1]:3000", "http://[::1]:3000"),
+        ("http://192.168.1.5:3000", "127.0.0.1:3000", "http://127.0.0.1:3000"),
+        ("http://localhost:3000", "0.0.0.0:3010", "http://localhost:3010"),
+        ("http://127.0.0.1:3000", "0.0.0.0:3000", None),
+        ("http://localhost:3000", "127.0.0.1:3000", None),
+        ("http://127.0.0.1:3000", "[::]:3000", None),
+        ("http://myhost:3000", "10.0.0.7:3000", None),  # a name we do not resolve: no opinion
+    ],
+)
+def test_listening_on_another_address(tmp_path: Path, url: str, listen: str,
+                                      expected_url: str | None) -> None:
+    t = time.time() - 60
+    text = exsa_line(t, "Starting Exsa-Engine v0.1.0") + exsa_line(
+        t + 1, f"✅ Server listening on http://{listen}")
+    found, _ = run_probe(make_ctx([write(tmp_path / "s.log", text)], url=url))
+    assert found["logs.listening"].data["address"] == listen
+    other = found.get("logs.listening_other_address")
+    if expected_url is None:
+        assert other is None
+    else:
+        assert other is not None and other.data == {"address": listen, "url": expected_url}
+
+
+# ---------------------------------------------------------------------------------- llama-server
+
+
+LLAMA_LOG = (
+    "0.00.000.844 I srv  llama_server: initializing ...\n"
+    "0.00.008.159 I srv    load_model: loading model '/tmp/tiny.gguf'\n"
+    "0.01.220.827 I srv  llama_server: model loaded\n"
+    "0.01.227.813 I srv  llama_server: listening on http://127.0.0.1:8080\n"
+)
+
+
+def test_elapsed_log_anchored_on_file_mtime(tmp_path: Path) -> None:
+    log = write(tmp_path / "llama.log", LLAMA_LOG)
+    mtime = time.time() - 30
+    os.utime(log, (mtime, mtime))
+    found, _ = run_probe(make_ctx([log], url="http://127.0.0.1:8080", profile="llama-server"))
+    start = mtime - 1.227813 + 0.000844
+    assert found["logs.started"].data["t"] == pytest.approx(start, abs=1e-4)
+    assert found["logs.model_loaded"].data["load_s"] == pytest.approx(1.212668, abs=1e-3)
+    assert found["logs.listening"].data["t"] == pytest.approx(mtime, abs=1e-4)
+
+
+@pytest.fixture
+def fake_llama_server() -> Iterator[psutil.Process]:
+    """A process whose argv[0] is llama-server: the engine walk identifies it by that name."""
+    proc = subprocess.Popen(["bash", "-c", "exec -a llama-server sleep 300"])
+    try:
+        deadline = time.monotonic() + 10
+        p = psutil.Process(proc.pid)
+        while time.monotonic() < deadline and p.cmdline()[:1] != ["llama-server"]:
+            time.sleep(0.02)
+        yield p
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def test_elapsed_log_anchored_on_the_engine_create_time(
+    tmp_path: Path, fake_llama_server: psutil.Process
+) -> None:
+    created = fake_llama_server.create_time()
+    log = write(tmp_path / "llama.log", LLAMA_LOG)
+    # the file was last written a little after its newest stamp, as with real output buffering
+    mtime = created + 1.227813 + 1.5
+    os.utime(log, (mtime, mtime))
+    ctx = make_ctx([log], url="http://127.0.0.1:8080", profile="llama-server",
+                   pids=[fake_llama_server.pid])
+    assert [e.pid for e in ctx.target_engines()] == [fake_llama_server.pid]
+    found, _ = run_probe(ctx)
+    assert found["logs.started"].data["t"] == pytest.approx(created + 0.000844, abs=1e-4)
+    assert last_start_time(ctx) == pytest.approx(created + 0.000844, abs=1e-4)
+
+
+def test_engine_that_cannot_have_written_the_log_is_not_the_anchor(
+    tmp_path: Path, fake_llama_server: psutil.Process
+) -> None:
+    log = write(tmp_path / "llama.log", LLAMA_LOG)
+    mtime = fake_llama_server.create_time() - 3600  # written an hour before the process existed
+    os.utime(log, (mtime, mtime))
+    ctx = make_ctx([log], url="http://127.0.0.1:8080", profile="llama-server",
+                   pids=[fake_llama_server.pid])
+    found, _ = run_probe(ctx)
+    assert found["logs.started"].data["t"] == pytest.approx(mtime - 1.227813 + 0.000844,
+                                                            abs=1e-4)
+
+
+def test_llama_server_without_timestamps(tmp_path: Path) -> None:
+    found, out = run_probe(make_ctx([FIXTURES / "llama-server" / "old-build.log"],
+                                    url="http://127.0.0.1:8080", profile="llama-server",
+                                    failed_at="2025-11-23T10:00:00Z"))
+    assert found["logs.started"].data == {"t": None, "version": "4179",
+                                          "log": str(FIXTURES / "llama-server" / "old-build.log")}
+    assert found["logs.listening"].data["address"] == "127.0.0.1:8080"
+    assert "logs.failed_before_ready" not in found and "logs.failed_after_ready" not in found
+    assert out.timeline == [] and "no timestamps" in out.detail
+
+
+# ---------------------------------------------------------------------------------- shared
+
+
+def test_last_start_time_is_the_newest_across_logs_and_memoised(tmp_path: Path) -> None:
+    a = write(tmp_path / "a.log", healthy_run(utc(2025, 1, 1, 0, 0, 0)))
+    b = write(tmp_path / "b.log", healthy_run(utc(2025, 1, 2, 0, 0, 0)))
+    ctx = make_ctx([a, tmp_path / "gone.log", b])
+    assert last_start_time(ctx) == pytest.approx(utc(2025, 1, 2, 0, 0, 0))
+    b.write_text("")  # a second call reads nothing again
+    assert last_start_time(ctx) == pytest.approx(utc(2025, 1, 2, 0, 0, 0))
+    assert last_start_time(make_ctx([])) is None
