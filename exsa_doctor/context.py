@@ -7,6 +7,8 @@ such a fact once, whichever probe asks first, and hands the same value to the ot
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +36,8 @@ class Context:
     _values: dict[str, Any] = field(default_factory=dict)
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
+    _children: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _children_stopped: bool = False
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
@@ -60,6 +64,24 @@ class Context:
             with self._guard:
                 self._values[key] = value
             return value
+
+    def track_child(self, proc: subprocess.Popen[bytes]) -> None:
+        """Register a process a probe started, so it can be stopped if the probe is abandoned.
+
+        After `stop_children` (the run is over) a late registration is killed at once.
+        """
+        with self._guard:
+            self._children.append(proc)
+            late = self._children_stopped
+        if late:
+            _kill_child(proc)
+
+    def stop_children(self) -> list[int]:
+        """Kill, by PID, every registered child still running; the PIDs that were killed."""
+        with self._guard:
+            self._children_stopped = True
+            children = list(self._children)
+        return [proc.pid for proc in children if _kill_child(proc)]
 
     def engines(self) -> tuple[list[EngineProcess], bool]:
         """All engine instances (any built-in profile, plus the target's), and completeness."""
@@ -90,6 +112,16 @@ class Context:
             if (e.configured_port or default) == self.target.port
         ]
         return for_port or mine
+
+
+def _kill_child(proc: subprocess.Popen[bytes]) -> bool:
+    if proc.poll() is not None:
+        return False
+    with contextlib.suppress(OSError):
+        proc.kill()  # our own child, by its PID
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=0.1)
+    return True
 
 
 def _profiles_for(target_profile: Profile) -> list[Profile]:

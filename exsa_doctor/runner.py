@@ -76,14 +76,17 @@ def target_vars(target: Target) -> dict[str, str]:
 def run_probes(ctx: Context, probes: Sequence[Probe]) -> list[ProbeResult]:
     slots = [_Slot(p) for p in probes]
     threads = []
+    launched = time.monotonic()
     for slot in slots:
         t = threading.Thread(
             target=_run_one, args=(slot, ctx), name=f"probe-{slot.probe.name}", daemon=True
         )
         t.start()
         threads.append(t)
-    for slot, thread in zip(slots, threads):
-        own_deadline = time.monotonic() + slot.probe.timeout_s
+    for slot, thread in zip(slots, threads, strict=True):
+        # A probe's own timeout counts from the launch, not from when the runner gets round to
+        # it: waiting for an earlier slow probe must not extend a later probe's time.
+        own_deadline = launched + slot.probe.timeout_s
         wait = min(ctx.deadline - _FINISH_MARGIN_S, own_deadline) - time.monotonic()
         thread.join(max(0.0, wait))
     results: list[ProbeResult] = []
@@ -128,6 +131,8 @@ def diagnose(target: Target, probes: Sequence[Probe]) -> Diagnosis:
     started = time.monotonic()
     ctx = Context(target=target, deadline=started + target.timeout_s, started_wall=started_wall)
     results = run_probes(ctx, probes)
+    # a probe abandoned at the deadline may have left a helper running (py-spy, lsof)
+    ctx.stop_children()
     findings: list[Finding] = [f for r in results for f in r.findings]
     timeline: list[TimelineEvent] = [e for r in results for e in r.timeline]
     if target.failed_at is not None:

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -272,7 +273,12 @@ def is_python(engine: EngineProcess) -> bool:
     return any("python" in Path(n).name.lower() for n in names if n)
 
 
-def py_spy_dump(pid: int, timeout: float, exe: str | None = None) -> tuple[str, str]:
+def py_spy_dump(
+    pid: int,
+    timeout: float,
+    exe: str | None = None,
+    on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
+) -> tuple[str, str]:
     """(text, error) of `py-spy dump --pid PID`, bounded in time and bytes; killed on timeout.
 
     `exe` replaces the py-spy found on PATH (tests use it to stand in a py-spy that hangs).
@@ -288,6 +294,8 @@ def py_spy_dump(pid: int, timeout: float, exe: str | None = None) -> tuple[str, 
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         except OSError as exc:
             return "", f"cannot run py-spy: {exc}"
+        if on_start is not None:
+            on_start(proc)
         try:
             code = proc.wait(timeout=max(0.1, timeout))
         except subprocess.TimeoutExpired:
@@ -389,7 +397,11 @@ class StackProbe(Probe):
             verdict = self._classify(ctx, engine, machine, snapshots, out)
         text, source, dump_error = "", "", ""
         if is_python(engine):
-            text, dump_error = py_spy_dump(pid, deadline - time.monotonic())
+            left = deadline - time.monotonic()
+            if left < 0.2:
+                text, dump_error = "", "no time left for py-spy"
+            else:
+                text, dump_error = py_spy_dump(pid, left, on_start=ctx.track_child)
             source = "py-spy"
         if not text and last:
             text, source = wchan_summary(pid, last, machine), "wchan"
