@@ -95,6 +95,18 @@ PidOpt = Annotated[Optional[list[int]], typer.Option("--pid", help="Engine PID (
 ProfileOpt = Annotated[
     str, typer.Option("--profile", help="Engine profile: auto, exsa-engine, llama-server, ollama, vllm.")
 ]
+HealthPathOpt = Annotated[
+    Optional[str],
+    typer.Option("--health-path", help="Your engine's health route (overrides the profile's)."),
+]
+ReadyMarkerOpt = Annotated[
+    Optional[str],
+    typer.Option("--ready-marker", help="Log regex that means your engine is listening."),
+]
+ProcessNameOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--process-name", help="Executable name that identifies your engine (repeatable)."),
+]
 ProfileFileOpt = Annotated[
     Optional[Path], typer.Option("--profile-file", help="A profile TOML file for your own engine.")
 ]
@@ -130,9 +142,15 @@ def build_target(
     profile_file: Path | None = None,
     port: int | None = None,
     host: str | None = None,
+    health_path: str | None = None,
+    ready_marker: str | None = None,
+    process_name: list[str] | None = None,
 ):  # type: ignore[no-untyped-def]
     """Options -> Target, turning bad input into a usage error (exit 2)."""
+    from dataclasses import replace
+
     from exsa_doctor.detect import refine_target
+    from exsa_doctor.profiles import ProfileError, customized
     from exsa_doctor.target import UsageError, resolve_target
 
     try:
@@ -153,13 +171,26 @@ def build_target(
     except UsageError as exc:
         fail_usage(str(exc))
     auto = profile_file is None and profile in ("", "auto")
-    return refine_target(target, auto_profile=auto)
+    refined = refine_target(target, auto_profile=auto)
+    if health_path is None and ready_marker is None and not process_name:
+        return refined
+    try:
+        custom = customized(
+            refined.profile,
+            health_path=health_path,
+            ready_marker=ready_marker,
+            process_names=tuple(process_name or ()),
+        )
+    except ProfileError as exc:
+        fail_usage(str(exc))
+    return replace(refined, profile=custom)
 
 
-def render(diagnosis, fmt: ReportFormat) -> str:  # type: ignore[no-untyped-def]
+def render(diagnosis, fmt: ReportFormat, to_file: bool = False) -> str:  # type: ignore[no-untyped-def]
     from exsa_doctor.render import render_as
 
-    return render_as(diagnosis, fmt.value)
+    # a file gets no colour codes, whatever the terminal we run in
+    return render_as(diagnosis, fmt.value, color=False if to_file else None)
 
 
 WatchOpt = Annotated[
@@ -192,6 +223,9 @@ def run_diagnosis_for(
     timeout: float,
     profile: str,
     profile_file: Path | None,
+    health_path: str | None = None,
+    ready_marker: str | None = None,
+    process_name: list[str] | None = None,
 ):  # type: ignore[no-untyped-def]
     """Shared by `diagnose` and `bundle`: options -> Target -> Diagnosis."""
     from exsa_doctor import probes as probe_registry
@@ -216,6 +250,9 @@ def run_diagnosis_for(
         timeout=timeout,
         profile=profile,
         profile_file=profile_file,
+        health_path=health_path,
+        ready_marker=ready_marker,
+        process_name=process_name,
     )
     for path in log or ():
         if path.is_dir():
@@ -240,6 +277,9 @@ def diagnose(
     ] = None,
     profile: ProfileOpt = "auto",
     profile_file: ProfileFileOpt = None,
+    health_path: HealthPathOpt = None,
+    ready_marker: ReadyMarkerOpt = None,
+    process_name: ProcessNameOpt = None,
 ) -> None:
     """Run the probes side by side and print a ranked diagnosis with evidence and fixes."""
     if output is not None and output.is_dir():
@@ -249,9 +289,10 @@ def diagnose(
     _target, diagnosis = run_diagnosis_for(
         url=url, model=model, log=log, pid=pid, watch=watch, failed_at=failed_at,
         generate=generate, probe=probe, timeout=timeout, profile=profile,
-        profile_file=profile_file,
+        profile_file=profile_file, health_path=health_path, ready_marker=ready_marker,
+        process_name=process_name,
     )
-    write_output(render(diagnosis, fmt), output)
+    write_output(render(diagnosis, fmt, to_file=output is not None), output)
     raise typer.Exit(exit_code_for(diagnosis.verdict.value))
 
 
@@ -269,6 +310,9 @@ def bundle(
     timeout: TimeoutOpt = 10.0,
     profile: ProfileOpt = "auto",
     profile_file: ProfileFileOpt = None,
+    health_path: HealthPathOpt = None,
+    ready_marker: ReadyMarkerOpt = None,
+    process_name: ProcessNameOpt = None,
 ) -> None:
     """Diagnose, then write a redacted support bundle (reports, log tails, processes, system)."""
     from exsa_doctor.bundle import build_bundle
@@ -281,7 +325,8 @@ def bundle(
     target, diagnosis = run_diagnosis_for(
         url=url, model=model, log=log, pid=pid, watch=watch, failed_at=failed_at,
         generate=generate, probe=probe, timeout=timeout, profile=profile,
-        profile_file=profile_file,
+        profile_file=profile_file, health_path=health_path, ready_marker=ready_marker,
+        process_name=process_name,
     )
     import time as _time
 
@@ -356,3 +401,238 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("exsa-doctor: interrupted\n")
         sys.exit(130)
+
+
+@app.command()
+def demo(
+    scenario: Annotated[
+        str, typer.Argument(help="The failure to build (see --list); default: race.")
+    ] = "race",
+    fmt: Annotated[
+        ReportFormat, typer.Option("--format", help="Report format.")
+    ] = ReportFormat.text,
+    timeout: TimeoutOpt = 10.0,
+    list_scenarios: Annotated[
+        bool, typer.Option("--list", help="List the scenarios and exit.")
+    ] = False,
+) -> None:
+    """Build a real failure on this machine (stand-in engine), diagnose it, clean up."""
+    from exsa_doctor.scenarios import BUILDERS
+
+    if list_scenarios:
+        from exsa_doctor.scenarios import EXPECTED_CAUSE
+
+        for name in BUILDERS:
+            sys.stdout.write(f"{name:<20} -> {EXPECTED_CAUSE[name] or '(healthy)'}\n")
+        raise typer.Exit(0)
+    if scenario not in BUILDERS:
+        fail_usage(f"unknown scenario {scenario!r} (known: {', '.join(BUILDERS)})")
+    if timeout <= 0 or timeout > 3600:
+        fail_usage("--timeout must be between 0 and 3600 seconds")
+    from exsa_doctor.demo import run_demo
+    from exsa_doctor.scenarios import ScenarioError
+
+    try:
+        diagnosis = run_demo(scenario, timeout=timeout)
+    except ScenarioError as exc:
+        sys.stderr.write(f"exsa-doctor: demo: could not build scenario {scenario}: {exc}\n")
+        raise typer.Exit(EXIT_INCONCLUSIVE) from None
+    write_output(render(diagnosis, fmt), None)
+    raise typer.Exit(exit_code_for(diagnosis.verdict.value))
+
+
+# --------------------------------------------------------------- supervise: wait, run, ps, cleanup
+
+
+@app.command()
+def wait(  # noqa: PLR0917 - Typer maps parameters to options
+    url: UrlOpt = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Give up after this many seconds.")
+    ] = 60.0,
+    log: LogOpt = None,
+    pid: PidOpt = None,
+    profile: ProfileOpt = "auto",
+    profile_file: ProfileFileOpt = None,
+    health_path: HealthPathOpt = None,
+    ready_marker: ReadyMarkerOpt = None,
+    process_name: ProcessNameOpt = None,
+) -> None:
+    """Return (exit 0) the moment the engine is ready; if it dies or never gets there, say why."""
+    if not 0 < timeout <= 86400:
+        fail_usage("--timeout must be between 0 and 86400 seconds")
+    target = build_target(
+        url=url, model=None, log=log, pid=pid, profile=profile, profile_file=profile_file,
+        health_path=health_path, ready_marker=ready_marker, process_name=process_name,
+    )
+    from exsa_doctor.supervise import wait as waiting
+
+    result = waiting.wait_ready(
+        waiting.WaitRequest(
+            target=target, timeout_s=timeout, pids=tuple(pid or ()), logs=tuple(log or ())
+        ),
+        waiting.reporter_for(sys.stderr),
+    )
+    message = waiting.summary(result)
+    if result.outcome is waiting.Outcome.READY:
+        waiting.stderr_write(f"exsa-doctor wait: {message}\n")
+        waiting.exit_now_if_program(EXIT_HEALTHY)
+        raise typer.Exit(EXIT_HEALTHY)
+    waiting.stderr_write(f"exsa-doctor wait: {message}\n")
+    diagnosis = waiting.failure_diagnosis(target, result)
+    waiting.render_failure(diagnosis, waiting.stderr_write)
+    waiting.stderr_write(f"exsa-doctor wait: {message}\n")
+    raise typer.Exit(EXIT_UNHEALTHY)
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def run(  # noqa: PLR0917 - Typer maps parameters to options
+    engine: Annotated[
+        list[str] | None,
+        typer.Argument(help="The engine command and its arguments, after --.", show_default=False),
+    ] = None,
+    port: Annotated[
+        str | None, typer.Option("--port", help="Port for the engine: a number or 'auto'.")
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Address the engine binds (default 127.0.0.1).")
+    ] = None,
+    then: Annotated[
+        str | None,
+        typer.Option(
+            "--then",
+            help="Once ready, run this through the shell (EXSA_URL, EXSA_PORT, EXSA_PID set); "
+            "its exit code is ours.",
+        ),
+    ] = None,
+    ready_timeout: Annotated[
+        float, typer.Option("--ready-timeout", help="Seconds to wait for readiness.")
+    ] = 60.0,
+    report_dir: Annotated[
+        Path | None,
+        typer.Option("--report-dir", help="Engine log and, on failure, report.json/report.md."),
+    ] = None,
+    log: Annotated[
+        Path | None, typer.Option("--log", help="Write the engine's output to this file.")
+    ] = None,
+    profile: ProfileOpt = "auto",
+    profile_file: ProfileFileOpt = None,
+    health_path: HealthPathOpt = None,
+    ready_marker: ReadyMarkerOpt = None,
+    process_name: ProcessNameOpt = None,
+) -> None:
+    """Preflight, start the engine, wait until ready, run --then, always tear down."""
+    from exsa_doctor.supervise.run import RunOptions, RunUsageError, run_engine
+    from exsa_doctor.target import UsageError, choose_profile
+
+    if not engine:
+        fail_usage("give the engine command after --, e.g.: exsa-doctor run -- exsa-engine")
+    port_number: int | None = None
+    if port is not None and port != "auto":
+        try:
+            port_number = int(port)
+        except ValueError:
+            fail_usage(f"--port {port!r}: give a port number or 'auto'")
+    chosen = None
+    if profile_file is not None or profile not in ("", "auto"):
+        try:
+            chosen, _reason = choose_profile(profile, profile_file)
+        except UsageError as exc:
+            fail_usage(str(exc))
+    if health_path is not None or ready_marker is not None or process_name:
+        from exsa_doctor.profiles import ProfileError, customized
+        from exsa_doctor.supervise.run import profile_for_argv
+
+        base = chosen if chosen is not None else profile_for_argv(list(engine))[0]
+        try:
+            chosen = customized(
+                base,
+                health_path=health_path,
+                ready_marker=ready_marker,
+                process_names=tuple(process_name or ()),
+            )
+        except ProfileError as exc:
+            fail_usage(str(exc))
+    options = RunOptions(
+        argv=list(engine),
+        port=port_number,
+        port_auto=port == "auto",
+        host=host,
+        then=then,
+        ready_timeout_s=ready_timeout,
+        report_dir=report_dir,
+        log=log,
+        profile=chosen,
+    )
+    try:
+        code = run_engine(options)
+    except RunUsageError as exc:
+        fail_usage(str(exc))
+    raise typer.Exit(code)
+
+
+class PsFormat(str, enum.Enum):
+    """Formats `ps` can print."""
+
+    text = "text"
+    json = "json"
+
+
+@app.command()
+def ps(
+    fmt: Annotated[PsFormat, typer.Option("--format", help="Output format.")] = PsFormat.text,
+) -> None:
+    """List every engine instance: PID, parent, orphaned, zombie, state, age, ports, model, RSS."""
+    from exsa_doctor.supervise.ps import list_instances, render_json, render_text
+
+    listing = list_instances()
+    write_output(render_json(listing) if fmt is PsFormat.json else render_text(listing), None)
+
+
+@app.command()
+def cleanup(
+    port: Annotated[
+        int | None, typer.Option("--port", help="Stop the engine instances on this port.")
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="Stop the engine instances holding this model."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; signal nothing.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask (for CI).")] = False,
+) -> None:
+    """Stop stale engine instances of yours (orphans, or those on --port / holding --model)."""
+    if port is not None and not 0 < port < 65536:
+        fail_usage("--port must be 1-65535")
+    from exsa_doctor.supervise import cleanup as cleaning
+
+    plan = cleaning.make_plan(port, str(model) if model is not None else None)
+    sys.stdout.write(cleaning.render_plan(plan, dry_run))
+    sys.stdout.flush()
+    if dry_run:
+        raise typer.Exit(EXIT_HEALTHY)
+    if not plan.targets:
+        foreign = [b for b in plan.bystanders if "never signalled" in b.reason]
+        if port is not None and foreign:
+            sys.stderr.write(
+                f"exsa-doctor cleanup: port {port} is held by a process that is not an engine "
+                "instance of yours; stop it yourself if it is yours to stop\n"
+            )
+            raise typer.Exit(EXIT_UNHEALTHY)
+        raise typer.Exit(EXIT_HEALTHY)
+    if not yes:
+        if not (sys.stdin.isatty() and sys.stderr.isatty()):
+            sys.stderr.write(
+                "exsa-doctor cleanup: not a terminal, so nothing was signalled; re-run with "
+                f"--yes to stop the {len(plan.targets)} process(es) above\n"
+            )
+            raise typer.Exit(EXIT_UNHEALTHY)
+        if not typer.confirm(f"Stop {len(plan.targets)} process(es)?", default=False, err=True):
+            sys.stderr.write("exsa-doctor cleanup: nothing was signalled\n")
+            raise typer.Exit(EXIT_UNHEALTHY)
+    report = cleaning.execute(plan)
+    sys.stdout.write(cleaning.render_report(plan, report))
+    sys.stdout.flush()
+    raise typer.Exit(EXIT_HEALTHY if report.ok else EXIT_UNHEALTHY)

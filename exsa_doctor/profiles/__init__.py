@@ -243,3 +243,34 @@ def load_file(path: Path) -> Profile:
 
 def all_builtin() -> tuple[Profile, ...]:
     return tuple(load_builtin(n) for n in builtin_names())
+
+
+def customized(
+    profile: Profile,
+    *,
+    health_path: str | None = None,
+    ready_marker: str | None = None,
+    process_names: tuple[str, ...] = (),
+) -> Profile:
+    """A profile adjusted for a user's own engine without a profile file.
+
+    `health_path` replaces the health route; `ready_marker` is the log regex that means the
+    engine listens (ready); `process_names` are extra executable names that identify it.
+    """
+    from dataclasses import replace
+
+    if health_path is not None:
+        if not health_path.startswith("/"):
+            raise ProfileError(f"--health-path {health_path!r} must start with /")
+        profile = replace(profile, health=replace(profile.health, path=health_path))
+    if ready_marker is not None:
+        try:
+            re.compile(ready_marker)
+        except re.error as exc:
+            raise ProfileError(f"--ready-marker {ready_marker!r} is not a valid regex: {exc}") from exc
+        profile = replace(profile, markers={**profile.markers, "listening": ready_marker})
+    if process_names:
+        profile = replace(profile, executables=(*profile.executables, *process_names))
+    if health_path or ready_marker or process_names:
+        profile = replace(profile, source=profile.source + " (customised on the command line)")
+    return profile

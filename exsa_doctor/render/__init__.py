@@ -12,13 +12,13 @@ FormatName = Literal["text", "json", "markdown", "junit", "html"]
 FORMATS: tuple[FormatName, ...] = ("text", "json", "markdown", "junit", "html")
 
 
-def render_as(diagnosis: Diagnosis, fmt: str) -> str:
-    """Render `diagnosis` in the named format."""
+def render_as(diagnosis: Diagnosis, fmt: str, *, color: bool | None = None) -> str:
+    """Render `diagnosis` in the named format; `color` (text only): None decides by the TTY."""
     name: FormatName = fmt  # type: ignore[assignment]
     if name == "text":
         from exsa_doctor.render import text
 
-        return text.render(diagnosis)
+        return text.render(diagnosis, color=color)
     if name == "json":
         from exsa_doctor.render import json as json_format
 
