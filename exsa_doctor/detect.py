@@ -153,9 +153,10 @@ def refine_target(target: Target, *, auto_profile: bool) -> Target:
                 refined = replace(refined, profile=from_log[0], profile_reason=from_log[1])
     if refined.model is None:
         candidates = [chosen[0]] if chosen is not None and chosen[0].model else []
-        with_model = candidates or [
-            e for e in engines if e.model and e.profile == refined.profile.name
-        ]
+        same_profile = [e for e in engines if e.model and e.profile == refined.profile.name]
+        # with no engine for this port, borrow a model only when there is no doubt whose it is:
+        # one engine of the profile on the whole machine (another user's engine is not ours)
+        with_model = candidates or (same_profile if len(same_profile) == 1 else [])
         if with_model:
             newest = max(with_model, key=lambda e: e.info.create_time or 0.0)
             assert newest.model is not None
