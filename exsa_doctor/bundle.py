@@ -9,6 +9,7 @@ redacted (counts, never values).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -98,10 +99,8 @@ def system_facts() -> dict[str, Any]:
         pass
     max_map = Path("/proc/sys/vm/max_map_count")
     if max_map.exists():
-        try:
+        with contextlib.suppress(OSError, ValueError):
             facts["vm_max_map_count"] = int(max_map.read_text().strip())
-        except (OSError, ValueError):
-            pass
     return facts
 
 
@@ -175,9 +174,7 @@ def build_bundle(
     members.append(
         _Member("processes.json", redactor.text(json.dumps(rows, indent=2, default=str)).encode())
     )
-    model = {
-        f.id: dict(f.data) for f in diagnosis.findings if f.probe == "model"
-    }
+    model = {f.id: dict(f.data) for f in diagnosis.findings if f.probe == "model"}
     members.append(
         _Member("model.json", redactor.text(json.dumps(model, indent=2, default=str)).encode())
     )

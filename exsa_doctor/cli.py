@@ -11,11 +11,15 @@ import enum
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from exsa_doctor import __version__
+
+if TYPE_CHECKING:
+    from exsa_doctor.model import Diagnosis
+    from exsa_doctor.target import Target
 
 EXIT_HEALTHY = 0
 EXIT_UNHEALTHY = 1
@@ -35,7 +39,7 @@ class ReportFormat(str, enum.Enum):
 
 app = typer.Typer(
     name="exsa-doctor",
-    help="Find out why a local LLM inference server failed to start or to serve, and how to fix it.",
+    help="Find out why a local LLM inference server failed to start or serve, and how to fix it.",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -68,7 +72,9 @@ def _list_probes_callback(value: bool) -> None:
 def root(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version."),
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Print the version."
+        ),
     ] = False,
     list_probes: Annotated[
         bool,
@@ -81,34 +87,39 @@ def root(
 
 
 UrlOpt = Annotated[
-    Optional[str],
-    typer.Option("--url", help="Engine base URL (default: $EXSA_URL, else http://127.0.0.1:${PORT:-3000})."),
+    str | None,
+    typer.Option(
+        "--url", help="Engine base URL (default: $EXSA_URL, else http://127.0.0.1:${PORT:-3000})."
+    ),
 ]
 ModelOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--model", help="GGUF model path (default: $MODEL_PATH, else the engine's own)."),
 ]
-LogOpt = Annotated[
-    Optional[list[Path]], typer.Option("--log", help="Engine log file (repeatable).")
-]
-PidOpt = Annotated[Optional[list[int]], typer.Option("--pid", help="Engine PID (repeatable).")]
+LogOpt = Annotated[list[Path] | None, typer.Option("--log", help="Engine log file (repeatable).")]
+PidOpt = Annotated[list[int] | None, typer.Option("--pid", help="Engine PID (repeatable).")]
 ProfileOpt = Annotated[
-    str, typer.Option("--profile", help="Engine profile: auto, exsa-engine, llama-server, ollama, vllm.")
+    str,
+    typer.Option(
+        "--profile", help="Engine profile: auto, exsa-engine, llama-server, ollama, vllm."
+    ),
 ]
 HealthPathOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--health-path", help="Your engine's health route (overrides the profile's)."),
 ]
 ReadyMarkerOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--ready-marker", help="Log regex that means your engine is listening."),
 ]
 ProcessNameOpt = Annotated[
-    Optional[list[str]],
-    typer.Option("--process-name", help="Executable name that identifies your engine (repeatable)."),
+    list[str] | None,
+    typer.Option(
+        "--process-name", help="Executable name that identifies your engine (repeatable)."
+    ),
 ]
 ProfileFileOpt = Annotated[
-    Optional[Path], typer.Option("--profile-file", help="A profile TOML file for your own engine.")
+    Path | None, typer.Option("--profile-file", help="A profile TOML file for your own engine.")
 ]
 
 
@@ -145,7 +156,7 @@ def build_target(
     health_path: str | None = None,
     ready_marker: str | None = None,
     process_name: list[str] | None = None,
-):  # type: ignore[no-untyped-def]
+) -> Target:
     """Options -> Target, turning bad input into a usage error (exit 2)."""
     from dataclasses import replace
 
@@ -193,19 +204,19 @@ def render(diagnosis, fmt: ReportFormat, to_file: bool = False) -> str:  # type:
     return render_as(diagnosis, fmt.value, color=False if to_file else None)
 
 
-WatchOpt = Annotated[
-    float, typer.Option("--watch", help="Keep observing up to this many seconds.")
-]
+WatchOpt = Annotated[float, typer.Option("--watch", help="Keep observing up to this many seconds.")]
 FailedAtOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--failed-at", help="When the client's request failed (ISO 8601 or epoch)."),
 ]
 GenerateOpt = Annotated[
-    Optional[bool],
-    typer.Option("--generate/--no-generate", help="One tiny generation (default: when health is OK)."),
+    bool | None,
+    typer.Option(
+        "--generate/--no-generate", help="One tiny generation (default: when health is OK)."
+    ),
 ]
 ProbeOpt = Annotated[
-    Optional[list[str]], typer.Option("--probe", help="Run only these probes (repeatable).")
+    list[str] | None, typer.Option("--probe", help="Run only these probes (repeatable).")
 ]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Bound on the whole run, seconds.")]
 
@@ -226,7 +237,7 @@ def run_diagnosis_for(
     health_path: str | None = None,
     ready_marker: str | None = None,
     process_name: list[str] | None = None,
-):  # type: ignore[no-untyped-def]
+) -> tuple[Target, Diagnosis]:
     """Shared by `diagnose` and `bundle`: options -> Target -> Diagnosis."""
     from exsa_doctor import probes as probe_registry
     from exsa_doctor.runner import diagnose as run_diagnosis
@@ -271,9 +282,11 @@ def diagnose(
     generate: GenerateOpt = None,
     probe: ProbeOpt = None,
     timeout: TimeoutOpt = 10.0,
-    fmt: Annotated[ReportFormat, typer.Option("--format", help="Report format.")] = ReportFormat.text,
+    fmt: Annotated[
+        ReportFormat, typer.Option("--format", help="Report format.")
+    ] = ReportFormat.text,
     output: Annotated[
-        Optional[Path], typer.Option("--output", help="Write the report here instead of stdout.")
+        Path | None, typer.Option("--output", help="Write the report here instead of stdout.")
     ] = None,
     profile: ProfileOpt = "auto",
     profile_file: ProfileFileOpt = None,
@@ -287,9 +300,19 @@ def diagnose(
     if fmt is ReportFormat.html and output is None and sys.stdout.isatty():
         fail_usage("--format html writes a whole page: give --output FILE.html")
     _target, diagnosis = run_diagnosis_for(
-        url=url, model=model, log=log, pid=pid, watch=watch, failed_at=failed_at,
-        generate=generate, probe=probe, timeout=timeout, profile=profile,
-        profile_file=profile_file, health_path=health_path, ready_marker=ready_marker,
+        url=url,
+        model=model,
+        log=log,
+        pid=pid,
+        watch=watch,
+        failed_at=failed_at,
+        generate=generate,
+        probe=probe,
+        timeout=timeout,
+        profile=profile,
+        profile_file=profile_file,
+        health_path=health_path,
+        ready_marker=ready_marker,
         process_name=process_name,
     )
     write_output(render(diagnosis, fmt, to_file=output is not None), output)
@@ -323,9 +346,19 @@ def bundle(
     if not output.parent.exists():
         fail_usage(f"--output {output}: folder {output.parent} does not exist")
     target, diagnosis = run_diagnosis_for(
-        url=url, model=model, log=log, pid=pid, watch=watch, failed_at=failed_at,
-        generate=generate, probe=probe, timeout=timeout, profile=profile,
-        profile_file=profile_file, health_path=health_path, ready_marker=ready_marker,
+        url=url,
+        model=model,
+        log=log,
+        pid=pid,
+        watch=watch,
+        failed_at=failed_at,
+        generate=generate,
+        probe=probe,
+        timeout=timeout,
+        profile=profile,
+        profile_file=profile_file,
+        health_path=health_path,
+        ready_marker=ready_marker,
         process_name=process_name,
     )
     import time as _time
@@ -356,7 +389,8 @@ def triage(
     """Which causes recur across many JSON reports (a CI fleet's artifacts), newest first."""
     import json as _json
 
-    from exsa_doctor.triage import render_text, triage as fold
+    from exsa_doctor.triage import render_text
+    from exsa_doctor.triage import triage as fold
 
     missing = [str(p) for p in reports if not p.exists()]
     if missing:
@@ -445,7 +479,7 @@ def demo(
 
 
 @app.command()
-def wait(  # noqa: PLR0917 - Typer maps parameters to options
+def wait(
     url: UrlOpt = None,
     timeout: Annotated[
         float, typer.Option("--timeout", help="Give up after this many seconds.")
@@ -462,8 +496,15 @@ def wait(  # noqa: PLR0917 - Typer maps parameters to options
     if not 0 < timeout <= 86400:
         fail_usage("--timeout must be between 0 and 86400 seconds")
     target = build_target(
-        url=url, model=None, log=log, pid=pid, profile=profile, profile_file=profile_file,
-        health_path=health_path, ready_marker=ready_marker, process_name=process_name,
+        url=url,
+        model=None,
+        log=log,
+        pid=pid,
+        profile=profile,
+        profile_file=profile_file,
+        health_path=health_path,
+        ready_marker=ready_marker,
+        process_name=process_name,
     )
     from exsa_doctor.supervise import wait as waiting
 
@@ -486,7 +527,7 @@ def wait(  # noqa: PLR0917 - Typer maps parameters to options
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
-def run(  # noqa: PLR0917 - Typer maps parameters to options
+def run(
     engine: Annotated[
         list[str] | None,
         typer.Argument(help="The engine command and its arguments, after --.", show_default=False),

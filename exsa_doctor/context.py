@@ -90,9 +90,7 @@ class Context:
         def compute() -> tuple[list[EngineProcess], bool]:
             profiles = _profiles_for(self.target.profile)
             # leave a little of the budget to the probes that read this
-            return find_engines(
-                profiles, deadline=self.deadline - 0.2, extra_pids=self.target.pids
-            )
+            return find_engines(profiles, deadline=self.deadline - 0.2, extra_pids=self.target.pids)
 
         return self.shared("engines", compute)
 
@@ -106,11 +104,7 @@ class Context:
         # an instance that serves another port is somebody else's (or a wrong-address clue,
         # which the port probe reports on its own).
         default = self.target.profile.default_port
-        for_port = [
-            e
-            for e in mine
-            if (e.configured_port or default) == self.target.port
-        ]
+        for_port = [e for e in mine if (e.configured_port or default) == self.target.port]
         return for_port or mine
 
 

@@ -70,7 +70,8 @@ def _choose_engine(
         e = max(configured, key=lambda c: c.info.create_time or 0.0)
         return e, f"detected from {_describe(e)}, a {e.profile} started for port {target.port}"
     by_default = [
-        e for e in engines
+        e
+        for e in engines
         if e.configured_port is None and load_builtin(e.profile).default_port == target.port
     ]
     if by_default:
@@ -104,7 +105,8 @@ def profile_from_log(text: str, profiles: list[Profile]) -> tuple[Profile, list[
     for profile in profiles:
         compiled = profile.compiled_markers()
         hits = [
-            name for name in _DISTINCT_MARKERS
+            name
+            for name in _DISTINCT_MARKERS
             if name in compiled and any(compiled[name].search(line) for line in lines)
         ]
         if hits:
@@ -143,7 +145,8 @@ def refine_target(target: Target, *, auto_profile: bool) -> Target:
         if chosen is not None:
             engine, why = chosen
             profile = (
-                target.profile if engine.profile == target.profile.name
+                target.profile
+                if engine.profile == target.profile.name
                 else load_builtin(engine.profile)
             )
             refined = replace(refined, profile=profile, profile_reason=why)

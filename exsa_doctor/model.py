@@ -78,7 +78,7 @@ class ProbeResult:
 
 @dataclass(frozen=True)
 class Remediation:
-    """A fix: the words and the exact commands, built from the findings (real PIDs, ports, paths)."""
+    """A fix: words and exact commands, built from the findings (real PIDs, ports, paths)."""
 
     text: str
     commands: tuple[str, ...] = ()

@@ -60,9 +60,20 @@ class _EngineRun:
             "do sleep 0.1; n=$((n+1)); done"
         )
         argv = [
-            sys.executable, "-m", "exsa_doctor", "run", "--port", "auto",
-            "--ready-timeout", f"{ready_timeout:g}", "--report-dir", str(folder),
-            "--then", hold, "--", *shlex.split(command),
+            sys.executable,
+            "-m",
+            "exsa_doctor",
+            "run",
+            "--port",
+            "auto",
+            "--ready-timeout",
+            f"{ready_timeout:g}",
+            "--report-dir",
+            str(folder),
+            "--then",
+            hold,
+            "--",
+            *shlex.split(command),
         ]
         self.proc = subprocess.Popen(
             argv, stdout=subprocess.DEVNULL, stderr=(folder / "run.stderr").open("wb")

@@ -17,7 +17,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
 MASK = "[REDACTED]"
-SECRET_NAME = re.compile(r"(?i)(KEY|TOKEN|SECRET|PASSWORD|PASSWD|PASS|AUTH|CREDENTIAL|PRIVATE|SESSION)")
+SECRET_NAME = re.compile(
+    r"(?i)(KEY|TOKEN|SECRET|PASSWORD|PASSWD|PASS|AUTH|CREDENTIAL|PRIVATE|SESSION)"
+)
 _URL_CREDENTIALS = re.compile(
     r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@"
 )
@@ -64,7 +66,7 @@ class Redactor:
                 self.add_secret(match.group("pw"))
 
     def learn_text(self, text: str) -> None:
-        """Remember secrets that the structural patterns find in a text, to redact them elsewhere."""
+        """Remember secrets the structural patterns find in a text, to redact them elsewhere."""
         for match in _URL_CREDENTIALS.finditer(text):
             self.add_secret(match.group("pw"))
         for match in _FLAG_VALUE.finditer(text):
@@ -91,6 +93,7 @@ class Redactor:
 
     def text(self, text: str) -> str:
         """Redact one text: structural patterns first, then every known secret."""
+
         def url(m: re.Match[str]) -> str:
             self.counts["url credentials"] += 1
             return f"{m.group('scheme')}{m.group('user')}:{MASK}@"

@@ -322,7 +322,11 @@ def _new(name: str, title: str, *, model: bool = True, truncate: bool = False) -
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     return Scenario(
-        name=name, title=title, workdir=workdir, port=free_port(), model=model_path,
+        name=name,
+        title=title,
+        workdir=workdir,
+        port=free_port(),
+        model=model_path,
         log=workdir / "engine.log",
     )
 
@@ -345,8 +349,11 @@ def start_engine(
     out = sc._open_log(log_path)
     popen = subprocess.Popen(
         _engine_argv(mode, load_s),
-        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-        cwd=sc.workdir, env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        cwd=sc.workdir,
+        env=env,
     )
     return sc._track(popen, role)
 
@@ -358,15 +365,24 @@ def _engine_env(model: Path, port: int) -> dict[str, str]:
 
 
 def _engine_argv(mode: str, load_s: float) -> list[str]:
-    return [sys.executable, "-m", "exsa_doctor.standin", "--mode", mode,
-            "--load-seconds", f"{load_s:g}"]
+    return [
+        sys.executable,
+        "-m",
+        "exsa_doctor.standin",
+        "--mode",
+        mode,
+        "--load-seconds",
+        f"{load_s:g}",
+    ]
 
 
 def _python(sc: Scenario, code: str, role: str, *args: str) -> subprocess.Popen[bytes]:
     """A small helper process (listener, lock holder, mapper) that reports 'ready' on stdout."""
     popen = subprocess.Popen(
         [sys.executable, "-c", code, *args],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         cwd=sc.workdir,
     )
     sc._track(popen, role)
@@ -434,15 +450,24 @@ print(p.pid, flush=True)
 def _wait_fail(sc: Scenario, popen: subprocess.Popen[bytes], needle: str, timeout: float) -> None:
     assert sc.log is not None
     log = sc.log
-    wait_until(lambda: _exited(popen) and log_contains(log, needle), timeout,
-               f"the engine to exit with '{needle}' in its log", log)
+    wait_until(
+        lambda: _exited(popen) and log_contains(log, needle),
+        timeout,
+        f"the engine to exit with '{needle}' in its log",
+        log,
+    )
 
 
-def _wait_healthy(sc: Scenario, timeout: float = 20.0, port: int | None = None,
-                  status: str = "healthy") -> None:
+def _wait_healthy(
+    sc: Scenario, timeout: float = 20.0, port: int | None = None, status: str = "healthy"
+) -> None:
     p = port or sc.port
-    wait_until(lambda: health_status(sc.host, p) == status, timeout,
-               f"the engine on port {p} to report {status!r}", sc.log)
+    wait_until(
+        lambda: health_status(sc.host, p) == status,
+        timeout,
+        f"the engine on port {p} to report {status!r}",
+        sc.log,
+    )
 
 
 def build_healthy(notify: Notify | None = None) -> Scenario:
@@ -465,8 +490,12 @@ def build_race(notify: Notify | None = None, load_s: float = 6.0) -> Scenario:
         engine = start_engine(sc, load_s=load_s)
         assert sc.log is not None
         log = sc.log
-        wait_until(lambda: log_contains(log, "Model validation passed"), 10.0,
-                   "the engine to start loading", log)
+        wait_until(
+            lambda: log_contains(log, "Model validation passed"),
+            10.0,
+            "the engine to start loading",
+            log,
+        )
         # The bug under study: the client's fixed, too-short sleep after starting the engine.
         time.sleep(0.5)
         _say(notify, "client request after 0.5 s ...")
@@ -500,16 +529,21 @@ def build_port_in_use(notify: Notify | None = None) -> Scenario:
 
 
 def build_stale_instance(notify: Notify | None = None) -> Scenario:
-    sc = _new("stale-instance",
-              "An earlier engine, orphaned by its launcher, still serves; the new one cannot bind")
+    sc = _new(
+        "stale-instance",
+        "An earlier engine, orphaned by its launcher, still serves; the new one cannot bind",
+    )
     try:
         assert sc.model is not None
         stale_log = sc.workdir / "stale-engine.log"
         _say(notify, f"a launcher starts an engine on port {sc.port} and exits (orphaning it)")
         launcher = subprocess.Popen(
             [sys.executable, "-c", _LAUNCHER, str(stale_log), *_engine_argv("ok", 0.2)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            cwd=sc.workdir, env=_engine_env(sc.model, sc.port),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            cwd=sc.workdir,
+            env=_engine_env(sc.model, sc.port),
         )
         sc._track(launcher, "launcher")
         try:
@@ -548,8 +582,12 @@ def build_model_lock(notify: Notify | None = None) -> Scenario:
         engine = start_engine(sc, mode="flock")
         sc.extra["engine_pid"] = engine.pid
         if os.path.exists("/proc/locks"):
-            wait_until(lambda: engine.pid in _lock_waiters(model), 15.0,
-                       "the engine to block on the lock", sc.log)
+            wait_until(
+                lambda: engine.pid in _lock_waiters(model),
+                15.0,
+                "the engine to block on the lock",
+                sc.log,
+            )
         else:  # macOS: no lock table to read; the log line before the lock is all we have
             log = sc.log
             assert log is not None
@@ -572,8 +610,12 @@ def build_hung(notify: Notify | None = None) -> Scenario:
         sc.extra["engine_pid"] = engine.pid
         assert sc.log is not None
         log = sc.log
-        wait_until(lambda: log_contains(log, "llama_model_loader: loaded meta data"), 15.0,
-                   "the engine to start loading", log)
+        wait_until(
+            lambda: log_contains(log, "llama_model_loader: loaded meta data"),
+            15.0,
+            "the engine to start loading",
+            log,
+        )
         _wait_cpu_still(engine.pid, log)
         sc.watch_s = 2.0
         sc.failed_at = time.time()
@@ -602,8 +644,9 @@ def _wait_cpu_still(pid: int, log: Path, still_s: float = 0.4, timeout: float = 
 
 
 def build_corrupt_model(notify: Notify | None = None) -> Scenario:
-    sc = _new("corrupt-model", "The model file is cut short (an interrupted download)",
-              truncate=True)
+    sc = _new(
+        "corrupt-model", "The model file is cut short (an interrupted download)", truncate=True
+    )
     try:
         _say(notify, f"a truncated GGUF at {sc.model}; starting the engine")
         engine = start_engine(sc)

@@ -64,7 +64,7 @@ def fill(template: str, by_id: Mapping[str, Finding], target: Mapping[str, str])
         else:
             finding = by_id.get(source)
             value = finding.data.get(key) if finding is not None else None
-        if value is None or value == "" or value == []:
+        if value is None or value in ("", []):
             missing = True
             return ""
         return _format_value(value)

@@ -79,7 +79,9 @@ def parse_time(text: str) -> float:
     """ISO 8601 (`2025-11-23T16:55:52Z`, offsets allowed, naive means local) or epoch seconds."""
     raw = text.strip()
     if not raw:
-        raise UsageError("--failed-at is empty: give ISO 8601 (2025-11-23T23:41:56Z) or epoch seconds")
+        raise UsageError(
+            "--failed-at is empty: give ISO 8601 (2025-11-23T23:41:56Z) or epoch seconds"
+        )
     if re.fullmatch(r"\d+(\.\d+)?", raw):
         value = float(raw)
         if value > 1e11:  # milliseconds, as JavaScript and many loggers write them

@@ -142,7 +142,9 @@ def render_text(result: Triage) -> str:
     if not result.causes:
         lines.append("No recurring cause.")
     for t in result.ranked():
-        hosts = ", ".join(f"{h} ({n})" for h, n in sorted(t.hosts.items(), key=lambda kv: -kv[1])[:5])
+        hosts = ", ".join(
+            f"{h} ({n})" for h, n in sorted(t.hosts.items(), key=lambda kv: -kv[1])[:5]
+        )
         lines.append(f"{t.count:>5}x  {t.cause:<26} {t.title}")
         lines.append(f"        newest {t.newest or '?'}  ({t.newest_report})")
         lines.append(f"        hosts: {hosts}")

@@ -26,9 +26,7 @@ _MAX_MAPS_BYTES = 32 * 1024 * 1024  # a JVM or browser may map a lot; stop readi
 _LSOF_DEFAULT_TIMEOUT = 5.0
 
 
-def holders_of(
-    path: str, deadline: float | None, pids: Iterable[int] | None = None
-) -> FileHolders:
+def holders_of(path: str, deadline: float | None, pids: Iterable[int] | None = None) -> FileHolders:
     """Processes that have `path` open, mapped or locked.
 
     `deadline` is a `time.monotonic()` value (None: no limit). `pids` restricts the per-process
@@ -71,8 +69,9 @@ def parse_proc_locks(text: str, dev_major: int, dev_minor: int, inode: int) -> l
             continue
         if (major, minor, ino) != (dev_major, dev_minor, inode):
             continue
-        found.append(LockHolder(pid=pid if pid > 0 else None, kind=kind, mode=mode,
-                                blocked=blocked))
+        found.append(
+            LockHolder(pid=pid if pid > 0 else None, kind=kind, mode=mode, blocked=blocked)
+        )
     return found
 
 
@@ -120,8 +119,12 @@ def holders_procfs(
     try:
         st = os.stat(path)
     except OSError as exc:
-        return FileHolders(path=path, complete=False, method="procfs",
-                           notes=(f"cannot stat {path}: {exc.strerror or exc}",))
+        return FileHolders(
+            path=path,
+            complete=False,
+            method="procfs",
+            notes=(f"cannot stat {path}: {exc.strerror or exc}",),
+        )
     major, minor, inode = os.major(st.st_dev), os.minor(st.st_dev), st.st_ino
     real = os.path.realpath(path)
     names = {os.path.abspath(path), real}
@@ -139,8 +142,13 @@ def holders_procfs(
         try:
             candidates = sorted(int(e) for e in os.listdir(proc_root) if e.isdigit())
         except OSError as exc:
-            return FileHolders(path=path, locks=tuple(locks), complete=False, method="procfs",
-                               notes=(*notes, f"cannot list {proc_root}: {exc.strerror or exc}"))
+            return FileHolders(
+                path=path,
+                locks=tuple(locks),
+                complete=False,
+                method="procfs",
+                notes=(*notes, f"cannot list {proc_root}: {exc.strerror or exc}"),
+            )
     else:
         candidates = sorted(set(pids))
 
@@ -239,8 +247,12 @@ def holders_lsof(
 
     timeout = _LSOF_DEFAULT_TIMEOUT if deadline is None else deadline - time.monotonic()
     if timeout <= 0:
-        return FileHolders(path=path, complete=False, method="lsof",
-                           notes=("deadline passed before lsof could run",))
+        return FileHolders(
+            path=path,
+            complete=False,
+            method="lsof",
+            notes=("deadline passed before lsof could run",),
+        )
     try:
         records = run_lsof(["--", path], timeout, fields="pcfnlt", executable=executable)
     except LsofError as exc:

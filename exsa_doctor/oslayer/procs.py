@@ -6,6 +6,7 @@ run over; what was not reached is reported as an incomplete scan, not silently d
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -55,18 +56,12 @@ def process_info(proc: psutil.Process, cached: dict[str, object] | None = None) 
                 cpu = t.user + t.system
             except (psutil.AccessDenied, psutil.ZombieProcess):
                 pass
-            try:
+            with contextlib.suppress(psutil.AccessDenied, psutil.ZombieProcess):
                 rss = proc.memory_info().rss
-            except (psutil.AccessDenied, psutil.ZombieProcess):
-                pass
-            try:
+            with contextlib.suppress(psutil.AccessDenied, psutil.ZombieProcess):
                 threads = proc.num_threads()
-            except (psutil.AccessDenied, psutil.ZombieProcess):
-                pass
-            try:
+            with contextlib.suppress(psutil.AccessDenied, psutil.ZombieProcess, AttributeError):
                 uid = proc.uids().real
-            except (psutil.AccessDenied, psutil.ZombieProcess, AttributeError):
-                pass
     except psutil.NoSuchProcess:
         pass
     status = d.get("status")
@@ -151,9 +146,7 @@ def environ_of(pid: int) -> dict[str, str] | None:
         return None
 
 
-def identify(
-    proc_dict: dict[str, object], profiles: Sequence[Profile]
-) -> Profile | None:
+def identify(proc_dict: dict[str, object], profiles: Sequence[Profile]) -> Profile | None:
     """The first profile that positively identifies this process, or None."""
     name = proc_dict.get("name")
     exe = proc_dict.get("exe")

@@ -1,0 +1,1 @@
+"""Pure, bounded parsers: GGUF headers, logs, health answers, SSE streams."""

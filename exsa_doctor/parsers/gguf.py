@@ -75,7 +75,19 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
 _T_STRING = 8
 _T_ARRAY = 9
 _VALUE_SIZES: dict[int, int | None] = {
-    0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 8: None, 9: None, 10: 8, 11: 8, 12: 8,
+    0: 1,
+    1: 1,
+    2: 2,
+    3: 2,
+    4: 4,
+    5: 4,
+    6: 4,
+    7: 1,
+    8: None,
+    9: None,
+    10: 8,
+    11: 8,
+    12: 8,
 }
 _INT_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 10: "Q", 11: "q"}
 
@@ -137,8 +149,9 @@ class _Cursor:
         """Make n bytes at pos available; return their offset in buf."""
         end = self.pos + n
         if end > self.file_size:
-            raise GGUFError("cut", f"file ends inside the header (needs byte {end}, "
-                            f"file has {self.file_size})")
+            raise GGUFError(
+                "cut", f"file ends inside the header (needs byte {end}, file has {self.file_size})"
+            )
         if end > self.limit:
             raise GGUFError("limit", f"header is larger than the {self.limit} bytes we read")
         off = self.pos - self.buf_start
@@ -159,7 +172,7 @@ class _Cursor:
     def read(self, n: int) -> bytes:
         off = self._need(n)
         self.pos += n
-        return self.buf[off:off + n]
+        return self.buf[off : off + n]
 
     def unpack(self, fmt: str) -> int:
         size = struct.calcsize(fmt)
@@ -172,8 +185,9 @@ class _Cursor:
         """Move past n bytes without reading them, still bounded by file size and limit."""
         end = self.pos + n
         if end > self.file_size:
-            raise GGUFError("cut", f"file ends inside the header (needs byte {end}, "
-                            f"file has {self.file_size})")
+            raise GGUFError(
+                "cut", f"file ends inside the header (needs byte {end}, file has {self.file_size})"
+            )
         if end > self.limit:
             raise GGUFError("limit", f"header is larger than the {self.limit} bytes we read")
         self.pos = end

@@ -562,8 +562,13 @@ def bind_failure_of(event: LogEvent) -> BindFailure:
         errno_text = m.group(1) if m else ""
     errno = int(errno_text) if errno_text.isdigit() and len(errno_text) < 6 else None
     return BindFailure(
-        t=event.t, address=address, host=host, port=port, errno=errno,
-        reason=g.get("reason") or event.line, line=event.line,
+        t=event.t,
+        address=address,
+        host=host,
+        port=port,
+        errno=errno,
+        reason=g.get("reason") or event.line,
+        line=event.line,
     )
 
 
@@ -591,8 +596,11 @@ class _RunBuilder:
 
     def build(self) -> Run:
         return Run(
-            index=self.index, start=self.start, events=tuple(self.events),
-            counts=dict(self.counts), last_event=self.last_event,
+            index=self.index,
+            start=self.start,
+            events=tuple(self.events),
+            counts=dict(self.counts),
+            last_event=self.last_event,
         )
 
 
@@ -609,8 +617,15 @@ class _Clock:
     """Timestamps of lines, in one format, computed on demand."""
 
     def __init__(
-        self, fmt: str, lines: list[str], text: str, offsets: list[int], *, now: float,
-        anchor: float | None, file_mtime: float | None,
+        self,
+        fmt: str,
+        lines: list[str],
+        text: str,
+        offsets: list[int],
+        *,
+        now: float,
+        anchor: float | None,
+        file_mtime: float | None,
     ) -> None:
         self.fmt = fmt
         self.lines = lines
@@ -643,8 +658,10 @@ class _Clock:
         self.last_elapsed = previous
         if self.anchor is None and file_mtime is not None and previous is not None:
             self.anchor = file_mtime - previous
-        if self.anchor is not None and previous is not None and not (
-            _MIN_EPOCH <= self.anchor + previous <= self.now + _FUTURE_SLACK_S
+        if (
+            self.anchor is not None
+            and previous is not None
+            and not (_MIN_EPOCH <= self.anchor + previous <= self.now + _FUTURE_SLACK_S)
         ):
             self.notes.append("the anchor for elapsed timestamps is implausible; times left out")
             self.anchor = None
@@ -764,7 +781,11 @@ def parse_log(
             if name in dropped:
                 continue
             event = LogEvent(
-                t=when, marker=name, groups=_groups(m), line=text_of_line, lineno=idx,
+                t=when,
+                marker=name,
+                groups=_groups(m),
+                line=text_of_line,
+                lineno=idx,
                 t_exact=t is not None,
             )
             if name == "start":

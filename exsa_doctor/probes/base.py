@@ -35,7 +35,9 @@ class Probe:
     ) -> Finding:
         if fid not in self.emits:
             raise ValueError(f"probe {self.name} does not declare finding {fid}")
-        return Finding(probe=self.name, id=fid, status=level, summary=summary, data=dict(data or {}))
+        return Finding(
+            probe=self.name, id=fid, status=level, summary=summary, data=dict(data or {})
+        )
 
 
 class ProbeOutput:

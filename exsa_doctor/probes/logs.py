@@ -212,11 +212,14 @@ class LogsProbe(Probe):
             ctx.check_deadline()
             result = log_report(ctx, path)
             if isinstance(result, Unreadable):
-                out.add(self.finding(
-                    "logs.missing", Level.WARNING,
-                    f"cannot read the log {result.path}: {result.reason}",
-                    {"path": result.path, "reason": result.reason},
-                ))
+                out.add(
+                    self.finding(
+                        "logs.missing",
+                        Level.WARNING,
+                        f"cannot read the log {result.path}: {result.reason}",
+                        {"path": result.path, "reason": result.reason},
+                    )
+                )
                 continue
             reports.append((path, result))
         if not reports:
@@ -262,8 +265,10 @@ class LogsProbe(Probe):
                 assert failure is not None
                 data.update(address=failure.address, errno=failure.errno, port=failure.port)
                 errno_text = f" (os error {failure.errno})" if failure.errno is not None else ""
-                summary = (f"the engine could not bind {failure.address or 'its address'}"
-                           f"{errno_text} at {_clock(event.t)}")
+                summary = (
+                    f"the engine could not bind {failure.address or 'its address'}"
+                    f"{errno_text} at {_clock(event.t)}"
+                )
             elif marker == "model_error":
                 reason = event.groups.get("reason") or event.groups.get("path") or event.line
                 data.update(reason=reason, line=event.line)
@@ -272,8 +277,11 @@ class LogsProbe(Probe):
                 summary = "the engine exited: MODEL_PATH environment variable must be set"
             else:
                 data["line"] = event.line
-                what = {"mmap_failed": "mapping the model failed", "oom": "out of memory",
-                        "panic": "the engine panicked/aborted"}[marker]
+                what = {
+                    "mmap_failed": "mapping the model failed",
+                    "oom": "out of memory",
+                    "panic": "the engine panicked/aborted",
+                }[marker]
                 summary = f"{what}: {event.line.strip()[:160]}"
             data["log"] = str(path)
             out.add(self.finding(fid, Level.ERROR, summary, data))
@@ -284,14 +292,23 @@ class LogsProbe(Probe):
             return
         seen.add("logs.zero_tokens")
         count = run.counts.get("zero_tokens", 1)
-        out.add(self.finding(
-            "logs.zero_tokens", Level.WARNING,
-            f"the log reports a generation with 0 tokens ({count} time(s))",
-            {"t": event.t, "count": count, "log": str(path)},
-        ))
+        out.add(
+            self.finding(
+                "logs.zero_tokens",
+                Level.WARNING,
+                f"the log reports a generation with 0 tokens ({count} time(s))",
+                {"t": event.t, "count": count, "log": str(path)},
+            )
+        )
 
     def _state(
-        self, ctx: Context, out: ProbeOutput, path: Path, report: LogReport, *, fatal: bool,
+        self,
+        ctx: Context,
+        out: ProbeOutput,
+        path: Path,
+        report: LogReport,
+        *,
+        fatal: bool,
         now: float,
     ) -> None:
         run = report.last_run
@@ -300,54 +317,80 @@ class LogsProbe(Probe):
         log = str(path)
         if run.start is not None:
             version = run.version
-            out.add(self.finding(
-                "logs.started", Level.INFO,
-                f"the engine started at {_clock(run.started_at)}"
-                + (f" (version {version})" if version else ""),
-                {"t": run.started_at, "version": version, "log": log},
-            ))
+            out.add(
+                self.finding(
+                    "logs.started",
+                    Level.INFO,
+                    f"the engine started at {_clock(run.started_at)}"
+                    + (f" (version {version})" if version else ""),
+                    {"t": run.started_at, "version": version, "log": log},
+                )
+            )
         if report.start_count > 1:
-            out.add(self.finding(
-                "logs.restarts", Level.INFO,
-                f"the log holds {report.start_count} starts; the newest one is diagnosed",
-                {"count": report.start_count, "log": log},
-            ))
+            out.add(
+                self.finding(
+                    "logs.restarts",
+                    Level.INFO,
+                    f"the log holds {report.start_count} starts; the newest one is diagnosed",
+                    {"count": report.start_count, "log": log},
+                )
+            )
         validated = run.first("model_validated")
         if validated is not None:
-            out.add(self.finding("logs.model_validated", Level.INFO, "model validation passed",
-                                 {"t": validated.t, "log": log}))
+            out.add(
+                self.finding(
+                    "logs.model_validated",
+                    Level.INFO,
+                    "model validation passed",
+                    {"t": validated.t, "log": log},
+                )
+            )
         loaded = run.first("model_loaded")
         if loaded is not None:
             load_s = _round(run.load_s)
-            out.add(self.finding(
-                "logs.model_loaded", Level.OK,
-                "the model loaded" + (f" in {load_s:.2f} s" if load_s is not None else ""),
-                {"t": loaded.t, "load_s": load_s, "log": log},
-            ))
+            out.add(
+                self.finding(
+                    "logs.model_loaded",
+                    Level.OK,
+                    "the model loaded" + (f" in {load_s:.2f} s" if load_s is not None else ""),
+                    {"t": loaded.t, "load_s": load_s, "log": log},
+                )
+            )
         listening = run.listening
         if listening is not None:
             address = listening.groups.get("address")
-            out.add(self.finding(
-                "logs.listening", Level.OK,
-                f"the engine listens on {address or 'its address'} since {_clock(listening.t)}",
-                {"t": listening.t, "address": address, "log": log},
-            ))
+            out.add(
+                self.finding(
+                    "logs.listening",
+                    Level.OK,
+                    f"the engine listens on {address or 'its address'} since {_clock(listening.t)}",
+                    {"t": listening.t, "address": address, "log": log},
+                )
+            )
             self._other_address(ctx, out, address)
         shutdown = run.shutdown
         if shutdown is not None:
-            out.add(self.finding("logs.shutdown", Level.INFO,
-                                 f"the engine shut down at {_clock(shutdown.t)}",
-                                 {"t": shutdown.t, "log": log}))
+            out.add(
+                self.finding(
+                    "logs.shutdown",
+                    Level.INFO,
+                    f"the engine shut down at {_clock(shutdown.t)}",
+                    {"t": shutdown.t, "log": log},
+                )
+            )
         started_at = run.started_at
         since_s = _round(now - started_at, 1) if started_at is not None else None
         if run.start is not None and listening is None and not fatal:
-            out.add(self.finding(
-                "logs.started_never_listened", Level.WARNING,
-                "the newest run started"
-                + (f" {since_s:.0f} s ago" if since_s is not None else "")
-                + " and never said it listens, with no fatal line",
-                {"since_s": since_s, "log": log},
-            ))
+            out.add(
+                self.finding(
+                    "logs.started_never_listened",
+                    Level.WARNING,
+                    "the newest run started"
+                    + (f" {since_s:.0f} s ago" if since_s is not None else "")
+                    + " and never said it listens, with no fatal line",
+                    {"since_s": since_s, "log": log},
+                )
+            )
         began = run.start or run.first("model_validated") or run.first("model_loading")
         if began is not None and loaded is None and not fatal and shutdown is None:
             if started_at is not None:
@@ -355,12 +398,15 @@ class LogsProbe(Probe):
             else:
                 recent = self._recently_written(path, now)
             if recent:
-                out.add(self.finding(
-                    "logs.loading_in_progress", Level.INFO,
-                    "the newest run is still loading the model"
-                    + (f" ({since_s:.0f} s since start)" if since_s is not None else ""),
-                    {"since_s": since_s, "log": log},
-                ))
+                out.add(
+                    self.finding(
+                        "logs.loading_in_progress",
+                        Level.INFO,
+                        "the newest run is still loading the model"
+                        + (f" ({since_s:.0f} s since start)" if since_s is not None else ""),
+                        {"since_s": since_s, "log": log},
+                    )
+                )
 
     @staticmethod
     def _recently_written(path: Path, now: float) -> bool:
@@ -380,11 +426,14 @@ class LogsProbe(Probe):
             return
         url_host = target.host if host is None or host.strip("[]") in _WILDCARDS else host
         url = _url_for(target.scheme, url_host, port if port is not None else target.port)
-        out.add(self.finding(
-            "logs.listening_other_address", Level.ERROR,
-            f"the engine listens on {address}, not on {target.host}:{target.port}: use {url}",
-            {"address": address, "url": url},
-        ))
+        out.add(
+            self.finding(
+                "logs.listening_other_address",
+                Level.ERROR,
+                f"the engine listens on {address}, not on {target.host}:{target.port}: use {url}",
+                {"address": address, "url": url},
+            )
+        )
 
     def _failed_at(self, ctx: Context, out: ProbeOutput, report: LogReport) -> None:
         failed_at = ctx.target.failed_at
@@ -395,12 +444,15 @@ class LogsProbe(Probe):
             return  # no timed start: nothing to compare with
         ready_at = run.listening_at
         if ready_at is not None and ready_at <= failed_at:
-            out.add(self.finding(
-                "logs.failed_after_ready", Level.INFO,
-                f"the request failed at {_clock(failed_at)}, "
-                f"{failed_at - ready_at:.2f} s after the engine listened",
-                {"failed_at": failed_at, "ready_at": ready_at},
-            ))
+            out.add(
+                self.finding(
+                    "logs.failed_after_ready",
+                    Level.INFO,
+                    f"the request failed at {_clock(failed_at)}, "
+                    f"{failed_at - ready_at:.2f} s after the engine listened",
+                    {"failed_at": failed_at, "ready_at": ready_at},
+                )
+            )
             return
         gap_s = _round(ready_at - failed_at) if ready_at is not None else None
         summary = (
@@ -408,10 +460,14 @@ class LogsProbe(Probe):
             if gap_s is not None
             else f"the request failed at {_clock(failed_at)}; the engine never listened after it"
         )
-        out.add(self.finding(
-            "logs.failed_before_ready", Level.ERROR, summary,
-            {"failed_at": failed_at, "ready_at": ready_at, "gap_s": gap_s},
-        ))
+        out.add(
+            self.finding(
+                "logs.failed_before_ready",
+                Level.ERROR,
+                summary,
+                {"failed_at": failed_at, "ready_at": ready_at, "gap_s": gap_s},
+            )
+        )
 
     @staticmethod
     def _timeline(out: ProbeOutput, report: LogReport, *, full: bool) -> None:
@@ -420,8 +476,10 @@ class LogsProbe(Probe):
             for event in run.events:
                 if event.t is None:
                     continue
-                text = _timeline_text(event, run) if full else (
-                    _timeline_text(event, run) if event.marker in dict(_FATAL_IDS) else None
+                text = (
+                    _timeline_text(event, run)
+                    if full
+                    else (_timeline_text(event, run) if event.marker in dict(_FATAL_IDS) else None)
                 )
                 if text:
                     out.event(event.t, "log", text)
@@ -433,12 +491,16 @@ class LogsProbe(Probe):
         if run is None:
             parts.append("no engine markers found")
         else:
-            states = [name for name, present in (
-                ("started", run.start is not None),
-                ("validated", run.first("model_validated") is not None),
-                ("loaded", run.first("model_loaded") is not None),
-                ("listening", run.listening is not None),
-            ) if present]
+            states = [
+                name
+                for name, present in (
+                    ("started", run.start is not None),
+                    ("validated", run.first("model_validated") is not None),
+                    ("loaded", run.first("model_loaded") is not None),
+                    ("listening", run.listening is not None),
+                )
+                if present
+            ]
             parts.append("newest run: " + (", ".join(states) or "no lifecycle line"))
             if run.fatal:
                 parts.append(f"fatal: {run.fatal[0].marker}")

@@ -40,6 +40,7 @@ def model_path(ctx: Context) -> tuple[str, str] | None:
     The user's `--model`/`MODEL_PATH` wins; otherwise the target engine's own model, made absolute
     against that engine's working directory when it was given relative.
     """
+
     def compute() -> tuple[str, str] | None:
         target = ctx.target
         if target.model is not None:
@@ -130,8 +131,13 @@ class ModelProbe(Probe):
         out = ProbeOutput()
         found = model_path(ctx)
         if found is None:
-            out.add(self.finding("model.not_given", Level.INFO,
-                                 "No model path known (no --model, no MODEL_PATH, no engine)."))
+            out.add(
+                self.finding(
+                    "model.not_given",
+                    Level.INFO,
+                    "No model path known (no --model, no MODEL_PATH, no engine).",
+                )
+            )
             out.detail = "no model path"
             return out
         # The path found from the engine is not written back into ctx.shared("target"): that
@@ -161,13 +167,25 @@ class ModelProbe(Probe):
             st = os.stat(path)
         except FileNotFoundError:
             parent = os.path.dirname(path) or "."
-            out.add(self.finding("model.missing", Level.ERROR, f"No file at {path}.",
-                                 {"path": path, "parent": parent}))
+            out.add(
+                self.finding(
+                    "model.missing",
+                    Level.ERROR,
+                    f"No file at {path}.",
+                    {"path": path, "parent": parent},
+                )
+            )
             out.detail = "missing"
             return None
         except NotADirectoryError:  # a path component is a file: the model cannot exist
-            out.add(self.finding("model.missing", Level.ERROR, f"No file at {path}.",
-                                 {"path": path, "parent": os.path.dirname(path) or "."}))
+            out.add(
+                self.finding(
+                    "model.missing",
+                    Level.ERROR,
+                    f"No file at {path}.",
+                    {"path": path, "parent": os.path.dirname(path) or "."},
+                )
+            )
             out.detail = "missing"
             return None
         except OSError as exc:
@@ -179,8 +197,14 @@ class ModelProbe(Probe):
         try:
             header = read_gguf_header(path)
         except FileNotFoundError:  # removed between stat and open
-            out.add(self.finding("model.missing", Level.ERROR, f"No file at {path}.",
-                                 {"path": path, "parent": os.path.dirname(path) or "."}))
+            out.add(
+                self.finding(
+                    "model.missing",
+                    Level.ERROR,
+                    f"No file at {path}.",
+                    {"path": path, "parent": os.path.dirname(path) or "."},
+                )
+            )
             out.detail = "missing"
             return None
         except OSError as exc:
@@ -195,25 +219,44 @@ class ModelProbe(Probe):
         return header.file_size
 
     def _unreadable(self, out: ProbeOutput, path: str, reason: str) -> None:
-        out.add(self.finding("model.unreadable", Level.ERROR,
-                             f"{path} cannot be read: {reason}.", {"path": path, "reason": reason}))
+        out.add(
+            self.finding(
+                "model.unreadable",
+                Level.ERROR,
+                f"{path} cannot be read: {reason}.",
+                {"path": path, "reason": reason},
+            )
+        )
         out.detail = f"unreadable: {reason}"
 
     def _header_error(self, out: ProbeOutput, path: str, exc: GGUFError, size: int) -> int | None:
         if exc.kind == "empty":
-            out.add(self.finding("model.empty", Level.ERROR, f"{path} is empty (0 bytes).",
-                                 {"path": path}))
+            out.add(
+                self.finding(
+                    "model.empty", Level.ERROR, f"{path} is empty (0 bytes).", {"path": path}
+                )
+            )
             out.detail = "empty file"
         elif exc.kind == "bad_magic":
             magic = _printable(exc.magic or b"")
-            out.add(self.finding("model.bad_magic", Level.ERROR,
-                                 f"{path} is not a GGUF file (starts with {magic!r}).",
-                                 {"path": path, "magic": magic}))
+            out.add(
+                self.finding(
+                    "model.bad_magic",
+                    Level.ERROR,
+                    f"{path} is not a GGUF file (starts with {magic!r}).",
+                    {"path": path, "magic": magic},
+                )
+            )
             out.detail = "not GGUF"
         elif exc.kind in ("invalid", "cut"):
-            out.add(self.finding("model.invalid_header", Level.ERROR,
-                                 f"{path} has a broken GGUF header: {exc.reason}.",
-                                 {"path": path, "reason": exc.reason}))
+            out.add(
+                self.finding(
+                    "model.invalid_header",
+                    Level.ERROR,
+                    f"{path} has a broken GGUF header: {exc.reason}.",
+                    {"path": path, "reason": exc.reason},
+                )
+            )
             out.detail = f"invalid header: {exc.reason}"
         elif exc.kind == "unreadable":
             self._unreadable(out, path, exc.reason)
@@ -224,23 +267,38 @@ class ModelProbe(Probe):
 
     def _header_ok(self, out: ProbeOutput, path: str, header: GGUFHeader) -> None:
         if header.truncated:
-            out.add(self.finding(
-                "model.truncated", Level.ERROR,
-                f"{path} is {header.file_size} bytes but its tensor table needs "
-                f"{header.declared_end} bytes ({_human(header.missing_bytes)} missing).",
-                {"path": path, "size": header.file_size, "expected": header.declared_end,
-                 "missing": header.missing_bytes},
-            ))
+            out.add(
+                self.finding(
+                    "model.truncated",
+                    Level.ERROR,
+                    f"{path} is {header.file_size} bytes but its tensor table needs "
+                    f"{header.declared_end} bytes ({_human(header.missing_bytes)} missing).",
+                    {
+                        "path": path,
+                        "size": header.file_size,
+                        "expected": header.declared_end,
+                        "missing": header.missing_bytes,
+                    },
+                )
+            )
             out.detail = f"truncated: {_human(header.missing_bytes)} missing"
             return
-        out.add(self.finding(
-            "model.ok", Level.OK,
-            f"GGUF v{header.version}, {header.tensor_count} tensors, "
-            f"{_human(header.file_size)}, architecture {header.architecture or 'unknown'}.",
-            {"path": path, "size": header.file_size, "version": header.version,
-             "tensors": header.tensor_count, "kv": header.kv_count,
-             "architecture": header.architecture},
-        ))
+        out.add(
+            self.finding(
+                "model.ok",
+                Level.OK,
+                f"GGUF v{header.version}, {header.tensor_count} tensors, "
+                f"{_human(header.file_size)}, architecture {header.architecture or 'unknown'}.",
+                {
+                    "path": path,
+                    "size": header.file_size,
+                    "version": header.version,
+                    "tensors": header.tensor_count,
+                    "kv": header.kv_count,
+                    "architecture": header.architecture,
+                },
+            )
+        )
         out.detail = f"GGUF v{header.version}, {_human(header.file_size)}"
         if header.unknown_types:
             out.detail += f" (unknown tensor types {list(header.unknown_types)} not sized)"
@@ -260,13 +318,23 @@ class ModelProbe(Probe):
         others_open = sorted(set(holders.open_by) - ignore)
         others_mapped = sorted(set(holders.mapped_by) - ignore)
         if others_open:
-            out.add(self.finding("model.open_by_other", Level.INFO,
-                                 f"Other processes have the model open: {others_open}.",
-                                 {"pids": others_open}))
+            out.add(
+                self.finding(
+                    "model.open_by_other",
+                    Level.INFO,
+                    f"Other processes have the model open: {others_open}.",
+                    {"pids": others_open},
+                )
+            )
         if others_mapped:
-            out.add(self.finding("model.mapped_by_other", Level.WARNING,
-                                 f"Other processes map the model: {others_mapped}.",
-                                 {"pids": others_mapped}))
+            out.add(
+                self.finding(
+                    "model.mapped_by_other",
+                    Level.WARNING,
+                    f"Other processes map the model: {others_mapped}.",
+                    {"pids": others_mapped},
+                )
+            )
         held = [lk for lk in holders.locks if not lk.blocked]
         waiters = sorted({lk.pid for lk in holders.locks if lk.blocked and lk.pid is not None})
         foreign = [lk for lk in held if lk.pid is None or lk.pid not in ignore]
@@ -276,13 +344,21 @@ class ModelProbe(Probe):
         lock: LockHolder = next((lk for lk in foreign if lk.pid is not None), foreign[0])
         name = _proc_name(lock.pid)
         who = f"PID {lock.pid} ({name or 'unknown'})" if lock.pid is not None else "a process"
-        out.add(self.finding(
-            "model.locked_by_other", Level.ERROR,
-            f"{who} holds a {lock.kind} {lock.mode} lock on the model"
-            + (f"; waiting: {waiters}." if waiters else "."),
-            {"holder_pid": lock.pid, "holder_name": name, "kind": lock.kind,
-             "mode": lock.mode, "waiters": waiters},
-        ))
+        out.add(
+            self.finding(
+                "model.locked_by_other",
+                Level.ERROR,
+                f"{who} holds a {lock.kind} {lock.mode} lock on the model"
+                + (f"; waiting: {waiters}." if waiters else "."),
+                {
+                    "holder_pid": lock.pid,
+                    "holder_name": name,
+                    "kind": lock.kind,
+                    "mode": lock.mode,
+                    "waiters": waiters,
+                },
+            )
+        )
 
     def _check_memory(
         self, out: ProbeOutput, size: int, holders: FileHolders | None, engine: set[int]
@@ -295,9 +371,12 @@ class ModelProbe(Probe):
         except (psutil.Error, OSError):
             return
         if available < size:
-            out.add(self.finding(
-                "model.insufficient_memory", Level.WARNING,
-                f"Available memory ({_human(available)}) is less than the model "
-                f"({_human(size)}).",
-                {"size": size, "available": available},
-            ))
+            out.add(
+                self.finding(
+                    "model.insufficient_memory",
+                    Level.WARNING,
+                    f"Available memory ({_human(available)}) is less than the model "
+                    f"({_human(size)}).",
+                    {"size": size, "available": available},
+                )
+            )

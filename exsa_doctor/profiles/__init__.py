@@ -267,7 +267,9 @@ def customized(
         try:
             re.compile(ready_marker)
         except re.error as exc:
-            raise ProfileError(f"--ready-marker {ready_marker!r} is not a valid regex: {exc}") from exc
+            raise ProfileError(
+                f"--ready-marker {ready_marker!r} is not a valid regex: {exc}"
+            ) from exc
         profile = replace(profile, markers={**profile.markers, "listening": ready_marker})
     if process_names:
         profile = replace(profile, executables=(*profile.executables, *process_names))

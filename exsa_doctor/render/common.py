@@ -245,6 +245,7 @@ def timeline_view(timeline: Sequence[TimelineEvent], failed_at: float | None) ->
     while first > 0 and events[first - 1].t >= events[first].t - 2.0:
         first -= 1
     shown = tuple(events[first:])
+
     def first_of(kinds: set[str]) -> float | None:
         return next((e.t for e in shown if event_kind(e) in kinds), None)
 

@@ -148,8 +148,10 @@ def _num(x: float, digits: int = 1) -> str:
 def _verdict(d: Diagnosis) -> str:
     shown = prominent_causes(d)
     if d.verdict is Verdict.UNHEALTHY and shown:
-        headline = f"Most likely: <strong>{esc(shown[0].title)}</strong> " \
-                   f"<code>{esc(shown[0].id)}</code> ({percent(shown[0].probability)})"
+        headline = (
+            f"Most likely: <strong>{esc(shown[0].title)}</strong> "
+            f"<code>{esc(shown[0].id)}</code> ({percent(shown[0].probability)})"
+        )
     elif d.verdict is Verdict.HEALTHY:
         headline = "The engine answers and no failure cause is likely."
     else:
@@ -187,8 +189,10 @@ def _cause(c: RankedCause, cls: str, full: bool) -> str:
         f'<span><span class="cause-title">{esc(c.title)}</span>'
         f'<span class="cause-id mono">{esc(c.id)} · impact {esc(c.impact)}</span></span></div>'
     )
-    attrs = f'class="cause {cls}" data-cause-id="{esc(c.id)}" ' \
-            f'data-probability="{_num(c.probability, 4)}"'
+    attrs = (
+        f'class="cause {cls}" data-cause-id="{esc(c.id)}" '
+        f'data-probability="{_num(c.probability, 4)}"'
+    )
     if not full:
         return f"<div {attrs}>{head}</div>"
     items = [
@@ -218,8 +222,11 @@ def _causes(d: Diagnosis) -> str:
         return ""
     lead = d.verdict is not Verdict.UNHEALTHY
     parts = [_cause(c, "lead" if lead else "likely", True) for c in shown]
-    title = "Best lead (not conclusive)" if lead else (
-        "Most likely cause" if len(shown) == 1 else "Likely causes")
+    title = (
+        "Best lead (not conclusive)"
+        if lead
+        else ("Most likely cause" if len(shown) == 1 else "Likely causes")
+    )
     return f'<section id="causes"><h2>{title}</h2>{"".join(parts)}</section>'
 
 
@@ -232,8 +239,10 @@ def _other_causes(d: Diagnosis) -> str:
     parts = [_cause(c, "minor", False) for c in others]
     hidden = len(d.causes) - len(shown) - len(others)
     if hidden > 0:
-        parts.append(f'<p class="muted">{hidden} more causes are less likely; '
-                     "the JSON report lists them all.</p>")
+        parts.append(
+            f'<p class="muted">{hidden} more causes are less likely; '
+            "the JSON report lists them all.</p>"
+        )
     title = "Other causes" if shown else "Causes (none is likely)"
     return f'<section id="other-causes"><h2>{title}</h2>{"".join(parts)}</section>'
 
@@ -330,49 +339,108 @@ def _chart(view: TimelineView, now: float | None) -> str:
         '<line x1="0" y1="0" x2="0" y2="6" stroke="#e9c46a" stroke-width="3"/></pattern></defs>',
     ]
     # time axis and ticks
-    out.append(f'<line class="axis" x1="{LEFT}" y1="{axis_y}" x2="{W - RIGHT}" y2="{axis_y}" '
-               'stroke="#57606a" stroke-width="1.5"/>')
+    out.append(
+        f'<line class="axis" x1="{LEFT}" y1="{axis_y}" x2="{W - RIGHT}" y2="{axis_y}" '
+        'stroke="#57606a" stroke-width="1.5"/>'
+    )
     for tick in _ticks(hi - view.t0):
         tx = x(view.t0 + tick)
         if tx > W - RIGHT:
             break
-        out.append(f'<line x1="{tx:.1f}" y1="{axis_y}" x2="{tx:.1f}" y2="{axis_y + 5}" '
-                   'stroke="#57606a"/>')
-        out.append(f'<text class="halo" x="{tx:.1f}" y="{axis_y + 18}" text-anchor="middle" '
-                   'fill="#656d76">'
-                   f"{esc(_tick_label(tick, hi - view.t0))}</text>")
+        out.append(
+            f'<line x1="{tx:.1f}" y1="{axis_y}" x2="{tx:.1f}" y2="{axis_y + 5}" stroke="#57606a"/>'
+        )
+        out.append(
+            f'<text class="halo" x="{tx:.1f}" y="{axis_y + 18}" text-anchor="middle" '
+            'fill="#656d76">'
+            f"{esc(_tick_label(tick, hi - view.t0))}</text>"
+        )
 
     # phase bands: is the port open, and is the model loading
     end_t = t_last if open_ended else hi
     ready = view.listening_at
     stop = view.fatal_at
     closed_end = ready if ready is not None else (stop if stop is not None else end_t)
-    out.append(_band(x(view.t0), x(closed_end), band1, fill="url(#hatch)", stroke="#cf222e",
-                     label="engine not listening", phase="closed"))
+    out.append(
+        _band(
+            x(view.t0),
+            x(closed_end),
+            band1,
+            fill="url(#hatch)",
+            stroke="#cf222e",
+            label="engine not listening",
+            phase="closed",
+        )
+    )
     exited = stop is not None and (ready is None or stop > ready)
     if ready is not None:
         ready_end = stop if exited and stop is not None else end_t
-        out.append(_band(x(ready), x(ready_end), band1, fill="#dafbe1", stroke="#1a7f37",
-                         label="listening", phase="listening"))
+        out.append(
+            _band(
+                x(ready),
+                x(ready_end),
+                band1,
+                fill="#dafbe1",
+                stroke="#1a7f37",
+                label="listening",
+                phase="listening",
+            )
+        )
     if exited and stop is not None:
-        out.append(_band(x(stop), x(end_t), band1, fill="#a40e26", stroke="#a40e26",
-                         label="exited", phase="exited", text_fill="#fff"))
+        out.append(
+            _band(
+                x(stop),
+                x(end_t),
+                band1,
+                fill="#a40e26",
+                stroke="#a40e26",
+                label="exited",
+                phase="exited",
+                text_fill="#fff",
+            )
+        )
     if view.load_began is not None:
         if view.loaded_at is not None:
-            out.append(_band(x(view.load_began), x(view.loaded_at), band2, fill="#fbefff",
-                             stroke="#8250df", phase="loading",
-                             label=f"loading model {seconds(view.loaded_at - view.load_began)}"))
+            out.append(
+                _band(
+                    x(view.load_began),
+                    x(view.loaded_at),
+                    band2,
+                    fill="#fbefff",
+                    stroke="#8250df",
+                    phase="loading",
+                    label=f"loading model {seconds(view.loaded_at - view.load_began)}",
+                )
+            )
         elif ready is not None and ready > view.load_began:
             # no 'loaded' line, but it listened: exsa-engine loads before it binds
-            out.append(_band(x(view.load_began), x(ready), band2, fill="#fbefff",
-                             stroke="#8250df", phase="loading",
-                             label=f"loading, then binding {seconds(ready - view.load_began)}"))
+            out.append(
+                _band(
+                    x(view.load_began),
+                    x(ready),
+                    band2,
+                    fill="#fbefff",
+                    stroke="#8250df",
+                    phase="loading",
+                    label=f"loading, then binding {seconds(ready - view.load_began)}",
+                )
+            )
         elif stop is None:
-            out.append(_band(x(view.load_began), x(end_t), band2, fill="url(#hatch-amber)",
-                             stroke="#9a6700", label="loading model… (not finished)",
-                             phase="loading"))
-    out.append(f'<text x="{LEFT}" y="{band2 + 40}" fill="#656d76">t0 = '
-               f"{esc(iso_utc(view.t0) or '?')}</text>")
+            out.append(
+                _band(
+                    x(view.load_began),
+                    x(end_t),
+                    band2,
+                    fill="url(#hatch-amber)",
+                    stroke="#9a6700",
+                    label="loading model… (not finished)",
+                    phase="loading",
+                )
+            )
+    out.append(
+        f'<text x="{LEFT}" y="{band2 + 40}" fill="#656d76">t0 = '
+        f"{esc(iso_utc(view.t0) or '?')}</text>"
+    )
 
     # milestone markers
     for px, lane, label, kind, end_anchor, event in placed:
@@ -405,8 +473,17 @@ def _chart(view: TimelineView, now: float | None) -> str:
     return "".join(out)
 
 
-def _band(x0: float, x1: float, y: float, *, fill: str, stroke: str, label: str, phase: str,
-          text_fill: str | None = None) -> str:
+def _band(
+    x0: float,
+    x1: float,
+    y: float,
+    *,
+    fill: str,
+    stroke: str,
+    label: str,
+    phase: str,
+    text_fill: str | None = None,
+) -> str:
     """A phase as a bar under the axis, labelled inside when it fits, else beside it."""
     w = max(2.0, x1 - x0)
     text_w = len(label) * CHAR_W
@@ -424,8 +501,7 @@ def _band(x0: float, x1: float, y: float, *, fill: str, stroke: str, label: str,
     )
 
 
-def _failed_marker(view: TimelineView, x: object, axis_y: float, band1: float,
-                   band2: float) -> str:
+def _failed_marker(view: TimelineView, x: object, axis_y: float, band1: float, band2: float) -> str:
     assert view.failed_at is not None and callable(x)
     fx: float = x(view.failed_at)
     label = f"\u2717 client request failed +{seconds(view.failed_at - view.t0)}"
@@ -454,9 +530,11 @@ def _failed_marker(view: TimelineView, x: object, axis_y: float, band1: float,
             f'<line x1="{lx:.1f}" y1="{gy - 4}" x2="{lx:.1f}" y2="{gy + 4}" stroke="#cf222e"/>'
         )
         if lx - fx > len(gap) * CHAR_W + 8:
-            parts.append(f'<text class="halo" x="{(fx + lx) / 2:.1f}" y="{gy + 14}" '
-                         'text-anchor="middle" '
-                         f'fill="#cf222e" font-weight="700">{esc(gap)}</text>')
+            parts.append(
+                f'<text class="halo" x="{(fx + lx) / 2:.1f}" y="{gy + 14}" '
+                'text-anchor="middle" '
+                f'fill="#cf222e" font-weight="700">{esc(gap)}</text>'
+            )
     parts.append("</g>")
     return "".join(parts)
 
@@ -464,27 +542,38 @@ def _failed_marker(view: TimelineView, x: object, axis_y: float, band1: float,
 def _timeline(d: Diagnosis) -> str:
     view = timeline_view(d.timeline, d.failed_at)
     if not view.events:
-        return ('<section id="timeline"><h2>Start-up timeline</h2><p class="muted">No timeline: '
-                "no engine log was read (give <code>--log</code>) and no "
-                "<code>--failed-at</code>.</p></section>")
+        return (
+            '<section id="timeline"><h2>Start-up timeline</h2><p class="muted">No timeline: '
+            "no engine log was read (give <code>--log</code>) and no "
+            "<code>--failed-at</code>.</p></section>"
+        )
     relation = view.request_vs_ready()
-    rel_html = (f'<p class="relation">The client\'s request failed {esc(relation)}.</p>'
-                if relation else "")
-    earlier = (f'<p class="muted">{view.earlier} earlier event(s) from previous starts are not '
-               "drawn.</p>" if view.earlier else "")
+    rel_html = (
+        f'<p class="relation">The client\'s request failed {esc(relation)}.</p>' if relation else ""
+    )
+    earlier = (
+        f'<p class="muted">{view.earlier} earlier event(s) from previous starts are not drawn.</p>'
+        if view.earlier
+        else ""
+    )
     rows = []
     for e in view.events[:200]:
         kind = event_kind(e)
         rows.append(
             f'<tr class="{kind}" data-event="{kind}"><td class="num">'
-            f"+{_num(e.t - view.t0, 3)} s</td><td class=\"mono\">{esc(iso_utc(e.t) or '?')}</td>"
+            f'+{_num(e.t - view.t0, 3)} s</td><td class="mono">{esc(iso_utc(e.t) or "?")}</td>'
             f"<td>{esc(e.source, 100)}</td><td>{esc(e.event)}</td></tr>"
         )
-    table = ("<details><summary>Events</summary><table><thead><tr><th>t</th><th>UTC</th>"
-             "<th>source</th><th>event</th></tr></thead><tbody>" + "".join(rows)
-             + "</tbody></table></details>")
-    return (f'<section id="timeline"><h2>Start-up timeline</h2>{rel_html}{earlier}'
-            f"{_chart(view, d.started_at)}{table}</section>")
+    table = (
+        "<details><summary>Events</summary><table><thead><tr><th>t</th><th>UTC</th>"
+        "<th>source</th><th>event</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table></details>"
+    )
+    return (
+        f'<section id="timeline"><h2>Start-up timeline</h2>{rel_html}{earlier}'
+        f"{_chart(view, d.started_at)}{table}</section>"
+    )
 
 
 # ---------------------------------------------------------------- probes and findings
@@ -499,9 +588,12 @@ def _probes(d: Diagnosis) -> str:
         f"<td>{esc(p.detail)}</td></tr>"
         for p in d.probes
     ]
-    return ('<section id="probes"><h2>Probes</h2><table><thead><tr><th>probe</th><th>status</th>'
-            '<th class="num">time</th><th>detail</th></tr></thead><tbody>' + "".join(rows)
-            + "</tbody></table></section>")
+    return (
+        '<section id="probes"><h2>Probes</h2><table><thead><tr><th>probe</th><th>status</th>'
+        '<th class="num">time</th><th>detail</th></tr></thead><tbody>'
+        + "".join(rows)
+        + "</tbody></table></section>"
+    )
 
 
 def _data(f: Finding) -> str:
@@ -511,7 +603,7 @@ def _data(f: Finding) -> str:
         text = json.dumps(json_safe(dict(f.data)), ensure_ascii=False, sort_keys=True)
     except (TypeError, ValueError):
         text = str(f.data)
-    return f'<code>{esc(text, MAX_DATA)}</code>'
+    return f"<code>{esc(text, MAX_DATA)}</code>"
 
 
 def _findings(findings: Iterable[Finding]) -> str:
@@ -524,9 +616,11 @@ def _findings(findings: Iterable[Finding]) -> str:
     ]
     if not rows:
         return ""
-    return ('<section id="findings"><details><summary>Findings (' + str(len(rows)) + ")</summary>"
-            "<table><thead><tr><th>id</th><th>level</th><th>summary and data</th></tr></thead>"
-            "<tbody>" + "".join(rows) + "</tbody></table></details></section>")
+    return (
+        '<section id="findings"><details><summary>Findings (' + str(len(rows)) + ")</summary>"
+        "<table><thead><tr><th>id</th><th>level</th><th>summary and data</th></tr></thead>"
+        "<tbody>" + "".join(rows) + "</tbody></table></details></section>"
+    )
 
 
 def render(diagnosis: Diagnosis) -> str:
@@ -537,7 +631,7 @@ def render(diagnosis: Diagnosis) -> str:
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
         "style-src 'unsafe-inline'; img-src data:\">"
         f"<title>{esc(title, 200)}</title><style>{CSS}</style></head><body><main>"
         + _verdict(d)

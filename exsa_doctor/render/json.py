@@ -23,6 +23,8 @@ from exsa_doctor.render.common import iso_utc
 TOOL_NAME = "exsa-doctor"
 # Nesting beyond this is cut to a string: data is meant to be shallow, and a cycle must not hang.
 _MAX_DEPTH = 16
+
+
 def _safe_str(s: str) -> str:
     # Lone surrogates (from undecodable file names) cannot be encoded as UTF-8 on stdout.
     try:

@@ -82,10 +82,13 @@ def _verdict_case(suite: ET.Element, d: Diagnosis) -> str | None:
     body: list[str] = [f"verdict: {d.verdict.value}", f"target: {_x(d.target.url)}"]
     for c in shown:
         body.append(f"\n{percent(c.probability)} {c.id}: {_x(c.title)}")
-        body += [f"  for {e.finding} {weight(e.weight)}: {_x(e.summary, 500)}"
-                 for e in c.evidence_for]
-        body += [f"  against {e.finding} {weight(e.weight)}: {_x(e.summary, 500)}"
-                 for e in c.evidence_against]
+        body += [
+            f"  for {e.finding} {weight(e.weight)}: {_x(e.summary, 500)}" for e in c.evidence_for
+        ]
+        body += [
+            f"  against {e.finding} {weight(e.weight)}: {_x(e.summary, 500)}"
+            for e in c.evidence_against
+        ]
         for step in c.remediation:
             body.append(f"  fix: {_x(step.text)}")
             body += [f"    {_x(cmd)}" for cmd in step.commands]

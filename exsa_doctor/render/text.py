@@ -216,9 +216,9 @@ def _causes(console: Console, d: Diagnosis) -> None:
         console.print(Text(heading, style="bold underline"))
         for c in shown:
             _cause_full(console, c)
-    others = [
-        c for c in d.causes if c not in shown and c.probability >= MIN_OTHER_PROBABILITY
-    ][:MAX_OTHER_CAUSES]
+    others = [c for c in d.causes if c not in shown and c.probability >= MIN_OTHER_PROBABILITY][
+        :MAX_OTHER_CAUSES
+    ]
     if others:
         console.print()
         heading = "Other causes" if shown else "Causes (none likely)"
@@ -227,8 +227,13 @@ def _causes(console: Console, d: Diagnosis) -> None:
             _cause_compact(console, c)
     rest = len(d.causes) - len(shown) - len(others)
     if rest > 0:
-        console.print(Text(f"  … {rest} more below {percent(MIN_OTHER_PROBABILITY)}"
-                           " (exsa-doctor causes lists them all)", style="dim"))
+        console.print(
+            Text(
+                f"  … {rest} more below {percent(MIN_OTHER_PROBABILITY)}"
+                " (exsa-doctor causes lists them all)",
+                style="dim",
+            )
+        )
 
 
 def _timeline(console: Console, d: Diagnosis) -> None:
@@ -240,8 +245,9 @@ def _timeline(console: Console, d: Diagnosis) -> None:
     title.append(f"  (t0 = {_iso_short(view.t0)})", style="dim")
     console.print(title)
     if view.earlier:
-        console.print(Text(f"  {view.earlier} earlier event(s) from previous starts not shown",
-                           style="dim"))
+        console.print(
+            Text(f"  {view.earlier} earlier event(s) from previous starts not shown", style="dim")
+        )
     grid = Table.grid(padding=(0, 2))
     grid.add_column(justify="right", no_wrap=True)
     grid.add_column(no_wrap=True)
@@ -256,16 +262,25 @@ def _timeline(console: Console, d: Diagnosis) -> None:
                 what.append(f"   ← {relation}", style="bold red")
             grid.add_row(Text(rel, style="bold red"), Text(_s(e.source), style="bold red"), what)
             continue
-        style = {"listening": "green", "model-loaded": "green", "bind-failed": "red",
-                 "model-error": "red", "error": "red"}.get(kind, "")
-        grid.add_row(Text(rel, style="dim"), Text(_s(e.source), style="dim"),
-                     Text(_s(e.event, 200), style=style))
+        style = {
+            "listening": "green",
+            "model-loaded": "green",
+            "bind-failed": "red",
+            "model-error": "red",
+            "error": "red",
+        }.get(kind, "")
+        grid.add_row(
+            Text(rel, style="dim"),
+            Text(_s(e.source), style="dim"),
+            Text(_s(e.event, 200), style=style),
+        )
     console.print(grid)
     if len(view.events) > MAX_EVENTS:
         console.print(Text(f"  … {len(view.events) - MAX_EVENTS} more events", style="dim"))
     if view.loaded_at is not None and view.load_began is not None:
-        console.print(Text(f"  model load took {seconds(view.loaded_at - view.load_began)}",
-                           style="dim"))
+        console.print(
+            Text(f"  model load took {seconds(view.loaded_at - view.load_began)}", style="dim")
+        )
 
 
 def _probes(console: Console, d: Diagnosis) -> None:
@@ -312,8 +327,9 @@ def render_cause_table(
     for c in load_causes() if causes is None else causes:
         table.add_row(Text(_s(c.id)), f"{c.prior:.2f}", c.impact, Text(_s(c.title)))
     console.print(table)
-    console.print(Text("exsa-doctor explain ID shows the evidence and fixes of one cause.",
-                       style="dim"))
+    console.print(
+        Text("exsa-doctor explain ID shows the evidence and fixes of one cause.", style="dim")
+    )
     return _text(console)
 
 
@@ -355,8 +371,13 @@ def render_cause(cause: Cause, *, color: bool | None = None, width: int | None =
             console.print(line)
             for cmd in step.commands:
                 console.print(Text("       " + _s(cmd), style="cyan"), soft_wrap=True)
-        console.print(Text("  {finding.id:key} is filled from that finding's data,"
-                           " {target:key} from the target.", style="dim"))
+        console.print(
+            Text(
+                "  {finding.id:key} is filled from that finding's data,"
+                " {target:key} from the target.",
+                style="dim",
+            )
+        )
     if cause.confirm:
         console.print()
         console.print(Text("Confirm by hand", style="bold underline"))

@@ -167,9 +167,26 @@ def config_from(
 
 # ggml type id -> (elements per block, bytes per block), from ggml's type traits.
 _GGML_SIZES: dict[int, tuple[int, int]] = {
-    0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34),
-    9: (32, 40), 10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210),
-    15: (256, 292), 24: (1, 1), 25: (1, 2), 26: (1, 4), 27: (1, 8), 28: (1, 8), 30: (1, 2),
+    0: (1, 4),
+    1: (1, 2),
+    2: (32, 18),
+    3: (32, 20),
+    6: (32, 22),
+    7: (32, 24),
+    8: (32, 34),
+    9: (32, 40),
+    10: (256, 84),
+    11: (256, 110),
+    12: (256, 144),
+    13: (256, 176),
+    14: (256, 210),
+    15: (256, 292),
+    24: (1, 1),
+    25: (1, 2),
+    26: (1, 4),
+    27: (1, 8),
+    28: (1, 8),
+    30: (1, 2),
 }
 _SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _MAX_COUNT = 1 << 20
@@ -357,9 +374,7 @@ def load_model(cfg: Config, log: Log, fh: IO[bytes]) -> tuple[mmap.mmap | None, 
                 probe = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             probe.close()
         except OSError as exc:
-            raise LoadError(
-                f"mmap failed: {os.strerror(exc.errno or errno_mod.ENOMEM)}"
-            ) from None
+            raise LoadError(f"mmap failed: {os.strerror(exc.errno or errno_mod.ENOMEM)}") from None
         # The cap was not tight enough (a tiny model); fail the same way, and say so.
         raise LoadError(f"mmap failed: {os.strerror(errno_mod.ENOMEM)} (simulated)")
     try:
@@ -430,8 +445,23 @@ class _Server(ThreadingHTTPServer):
         self.server_port = int(self.server_address[1])
 
 
-_VOCAB = (" The", " engine", " is", " a", " stand", "-in", " for", " exsa", " and", " it",
-          " answers", " with", " real", " tokens", ".")
+_VOCAB = (
+    " The",
+    " engine",
+    " is",
+    " a",
+    " stand",
+    "-in",
+    " for",
+    " exsa",
+    " and",
+    " it",
+    " answers",
+    " with",
+    " real",
+    " tokens",
+    ".",
+)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -464,30 +494,39 @@ class Handler(BaseHTTPRequestHandler):
                 status = "shutting_down"
             elif cfg.mode == "overloaded":
                 status = "overloaded"
-            self._json(200, {
-                "status": status,
-                "version": VERSION,
-                "model_loaded": True,
-                "model_path": cfg.model_path,
-                "context_size": cfg.context_size,
-                "gpu_layers": cfg.gpu_layers,
-                "active_requests": st.active,
-                "queue_size": cfg.max_queue_size if cfg.mode == "overloaded" else 0,
-                "queue_capacity": cfg.max_queue_size,
-                "uptime_seconds": int(time.monotonic() - st.started),
-            })
+            self._json(
+                200,
+                {
+                    "status": status,
+                    "version": VERSION,
+                    "model_loaded": True,
+                    "model_path": cfg.model_path,
+                    "context_size": cfg.context_size,
+                    "gpu_layers": cfg.gpu_layers,
+                    "active_requests": st.active,
+                    "queue_size": cfg.max_queue_size if cfg.mode == "overloaded" else 0,
+                    "queue_capacity": cfg.max_queue_size,
+                    "uptime_seconds": int(time.monotonic() - st.started),
+                },
+            )
         elif path == "/v1/status":
-            self._json(200, {
-                "status": "running",
-                "queue_capacity": cfg.max_queue_size,
-                "active_requests": st.active,
-            })
+            self._json(
+                200,
+                {
+                    "status": "running",
+                    "queue_capacity": cfg.max_queue_size,
+                    "active_requests": st.active,
+                },
+            )
         elif path == "/v1/models":
-            self._json(200, {
-                "model_path": cfg.model_path,
-                "context_size": cfg.context_size,
-                "gpu_layers": cfg.gpu_layers,
-            })
+            self._json(
+                200,
+                {
+                    "model_path": cfg.model_path,
+                    "context_size": cfg.context_size,
+                    "gpu_layers": cfg.gpu_layers,
+                },
+            )
         else:
             self._json(404, {"error": f"Not found: {path}"})
 
@@ -533,10 +572,15 @@ class Handler(BaseHTTPRequestHandler):
             return
         prompt_tokens = len(prompt) // 4
         if prompt_tokens + max_tokens > cfg.context_size:
-            self._json(400, {"error": (
-                f"Invalid parameters: Prompt ({prompt_tokens} tokens) + max_tokens "
-                f"({max_tokens}) exceeds context size ({cfg.context_size})"
-            )})
+            self._json(
+                400,
+                {
+                    "error": (
+                        f"Invalid parameters: Prompt ({prompt_tokens} tokens) + max_tokens "
+                        f"({max_tokens}) exceeds context size ({cfg.context_size})"
+                    )
+                },
+            )
             return
         if cfg.mode == "overloaded":
             self._json(503, {"error": "Server is at capacity"})

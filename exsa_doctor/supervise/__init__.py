@@ -1,0 +1,1 @@
+"""Starting and stopping engines safely: wait, run, ps, cleanup."""

@@ -128,7 +128,16 @@ def render_text(listing: Listing) -> str:
         lines += [f"note: {n}" for n in listing.notes]
         return "\n".join(lines) + "\n"
     header = (
-        "PID", "PPID", "PARENT", "STATE", "AGE", "PORTS", "RSS", "PROFILE", "MODEL", "COMMAND"
+        "PID",
+        "PPID",
+        "PARENT",
+        "STATE",
+        "AGE",
+        "PORTS",
+        "RSS",
+        "PROFILE",
+        "MODEL",
+        "COMMAND",
     )
     table: list[tuple[str, ...]] = [header]
     for r in listing.rows:

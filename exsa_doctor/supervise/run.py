@@ -273,9 +273,7 @@ def engine_conflicts(
     if model and live:
         from exsa_doctor.oslayer.files import holders_of
 
-        holders = holders_of(
-            model, time.monotonic() + _SCAN_BUDGET_S, pids=[e.pid for e in live]
-        )
+        holders = holders_of(model, time.monotonic() + _SCAN_BUDGET_S, pids=[e.pid for e in live])
         named = {p for prob in problems for p in prob.pids}
         for pid in sorted(set(holders.mapped_by) | set(holders.open_by)):
             if pid not in named:
@@ -331,8 +329,11 @@ def preflight(port: int, host: str, model: str | None) -> list[Problem]:
         # bound but not listening, with SO_REUSEADDR: our test bind passes, yet the holder will
         # listen later (vLLM binds early) and one of the two servers will lose the port
         problems.append(
-            Problem("port", f"port {host}:{port} is bound by another socket: {'; '.join(lines)}",
-                    tuple(pids))
+            Problem(
+                "port",
+                f"port {host}:{port} is bound by another socket: {'; '.join(lines)}",
+                tuple(pids),
+            )
         )
     engines, _ = find_engines(all_builtin(), deadline=time.monotonic() + _SCAN_BUDGET_S)
     named = {p for prob in problems for p in prob.pids}
@@ -526,9 +527,7 @@ class Runner:
                 )
                 st.engine = Child(popen)
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
-            raise RunUsageError(
-                f"cannot start {args[0]!r}: {exc.strerror or exc}"
-            ) from None
+            raise RunUsageError(f"cannot start {args[0]!r}: {exc.strerror or exc}") from None
         engine = st.engine
         result = wait_ready(
             WaitRequest(

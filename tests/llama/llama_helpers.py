@@ -89,6 +89,7 @@ class LlamaServer:
                 pytest.fail(f"llama-server exited {self.proc.returncode}:\n{tail}")
             answer = self.health()
             return answer is not None and answer[0] == 200
+
         poll(ready, timeout_s, f"llama-server on port {self.port} to answer /health 200")
 
     def wait_exit(self, timeout_s: float = 60.0) -> int:

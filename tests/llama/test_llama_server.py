@@ -128,9 +128,7 @@ def test_missing_model(start_llama: StartLlama, tmp_path: Path) -> None:
     assert findings(diagnosis, "logs.model_error")
 
 
-def test_truncated_model_is_named_truncated(
-    start_llama: StartLlama, truncated_copy: Path
-) -> None:
+def test_truncated_model_is_named_truncated(start_llama: StartLlama, truncated_copy: Path) -> None:
     server = start_llama(truncated_copy)
     assert server.wait_exit() != 0
     assert "not within the file bounds" in server.log_text()
@@ -154,8 +152,10 @@ def test_diagnose_pointed_at_the_wrong_port(start_llama: StartLlama, tiny_model:
     assert other.data["pid"] == server.pid
     assert int(other.data["port"]) == server.port
     assert str(server.port) in other.data["url"]
-    assert any(str(server.port) in step.text or any(str(server.port) in c for c in step.commands)
-               for step in diagnosis.causes[0].remediation)
+    assert any(
+        str(server.port) in step.text or any(str(server.port) in c for c in step.commands)
+        for step in diagnosis.causes[0].remediation
+    )
 
 
 def test_profile_auto_detected_from_the_running_process(
@@ -175,9 +175,7 @@ def test_profile_auto_detected_from_the_running_process(
     assert diagnosis.verdict.value == "healthy", explain(diagnosis)
 
 
-def test_localhost_resolving_to_the_other_family(
-    start_llama: StartLlama, tiny_model: Path
-) -> None:
+def test_localhost_resolving_to_the_other_family(start_llama: StartLlama, tiny_model: Path) -> None:
     from exsa_doctor.oslayer.sockets import resolve_localhost
 
     resolved = resolve_localhost("localhost")
@@ -238,6 +236,7 @@ def held_load(start_llama: StartLlama, tiny_model: Path, tmp_path: Path) -> Iter
             pytest.fail(f"llama-server exited early:\n{server.log_text()[-2000:]}")
         answer = server.health()
         return answer is not None and answer[0] == 503
+
     poll(loading, 30, "llama-server to answer 503 while it loads")
     try:
         yield held
@@ -263,7 +262,10 @@ def _exsa_doctor(*args: str) -> subprocess.Popen[str]:
     """The real CLI in a child process; plain-line progress on stderr (no TTY, no colour)."""
     return subprocess.Popen(
         [sys.executable, "-m", "exsa_doctor", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
         env={**os.environ, "NO_COLOR": "1", "TERM": "dumb"},
     )
 
@@ -290,8 +292,15 @@ def _read_until(proc: subprocess.Popen[str], needle: str, timeout_s: float) -> l
 def test_wait_returns_only_after_the_loading_phase(held_load: HeldLoad) -> None:
     server = held_load.server
     waiter = _exsa_doctor(
-        "wait", "--url", server.url, "--profile", "llama-server", "--timeout", "120",
-        "--log", str(server.log),
+        "wait",
+        "--url",
+        server.url,
+        "--profile",
+        "llama-server",
+        "--timeout",
+        "120",
+        "--log",
+        str(server.log),
     )
     try:
         before = _read_until(waiter, "loading", 60)
@@ -343,10 +352,22 @@ def test_run_starts_waits_and_tears_down(
     script.write_text(_THEN, encoding="utf-8")
     log = tmp_path / "engine.log"
     runner = _exsa_doctor(
-        "run", "--profile", "llama-server", "--port", "auto", "--log", str(log),
-        "--ready-timeout", "120",
-        "--then", f"{sys.executable} {script} {report}",
-        "--", str(llama_server_bin), "-m", str(tiny_model), *server_flags,
+        "run",
+        "--profile",
+        "llama-server",
+        "--port",
+        "auto",
+        "--log",
+        str(log),
+        "--ready-timeout",
+        "120",
+        "--then",
+        f"{sys.executable} {script} {report}",
+        "--",
+        str(llama_server_bin),
+        "-m",
+        str(tiny_model),
+        *server_flags,
     )
     engine_pid: int | None = None
     try:

@@ -12,7 +12,7 @@ from exsa_doctor.standin.ggufmake import write_gguf
 
 pytest_plugins = ["pytester"]
 
-INNER = '''
+INNER = """
 import httpx
 
 def test_health(exsa_engine):
@@ -22,7 +22,7 @@ def test_health(exsa_engine):
 def test_generation_fails_on_purpose(exsa_engine):
     r = httpx.get(exsa_engine + "/v1/health", timeout=5)
     assert r.status_code == 418, "this test fails so that the doctor's report is attached"
-'''
+"""
 
 
 @pytest.fixture
@@ -40,21 +40,29 @@ def test_fixture_starts_serves_and_attaches_a_report(
     junit = tmp_path / "junit.xml"
     result = pytester.runpytest_subprocess(
         "-rA",
-        f"--exsa-engine={sys.executable} -m exsa_doctor.standin", f"--junitxml={junit}",
+        f"--exsa-engine={sys.executable} -m exsa_doctor.standin",
+        f"--junitxml={junit}",
         timeout=240,
     )
     result.assert_outcomes(passed=1, failed=1)
     out = result.stdout.str()
     assert "exsa-doctor report" in out
     assert "healthy" in out  # the doctor's verdict on the engine the failing test used
-    props = [p.get("value", "") for p in ET.parse(junit).iter("property") if p.get("name") == "exsa-doctor"]
+    props = [
+        p.get("value", "")
+        for p in ET.parse(junit).iter("property")
+        if p.get("name") == "exsa-doctor"
+    ]
     assert len(props) == 1 and "exsa-doctor" in props[0]
     # the fixture tore its engines down: nothing of ours still runs the stand-in from that session
     import psutil
 
-    left = [p for p in psutil.process_iter(["cmdline", "environ"])
-            if "exsa_doctor.standin" in " ".join(p.info["cmdline"] or [])
-            and (p.info["environ"] or {}).get("MODEL_PATH") == str(model)]
+    left = [
+        p
+        for p in psutil.process_iter(["cmdline", "environ"])
+        if "exsa_doctor.standin" in " ".join(p.info["cmdline"] or [])
+        and (p.info["environ"] or {}).get("MODEL_PATH") == str(model)
+    ]
     assert not left, [p.pid for p in left]
 
 
@@ -64,8 +72,8 @@ def test_engine_that_cannot_start_fails_with_the_diagnosis(
     monkeypatch.setenv("MODEL_PATH", str(tmp_path / "missing.gguf"))
     pytester.makepyfile(test_inner="def test_x(exsa_engine):\n    pass\n")
     result = pytester.runpytest_subprocess(
-        
-        f"--exsa-engine={sys.executable} -m exsa_doctor.standin", "--exsa-ready-timeout=20",
+        f"--exsa-engine={sys.executable} -m exsa_doctor.standin",
+        "--exsa-ready-timeout=20",
         timeout=240,
     )
     result.assert_outcomes(errors=1)
@@ -74,7 +82,9 @@ def test_engine_that_cannot_start_fails_with_the_diagnosis(
     assert "model-missing-or-invalid" in out or "Model validation failed" in out
 
 
-def test_without_an_engine_command_the_fixture_skips(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_an_engine_command_the_fixture_skips(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("EXSA_ENGINE_CMD", raising=False)
     pytester.makepyfile(test_inner="def test_x(exsa_engine):\n    pass\n")
     result = pytester.runpytest_subprocess(timeout=60)

@@ -223,9 +223,16 @@ def test_stalled_server_and_hung_py_spy_cli_finishes_within_timeout(
         env.pop(var, None)
     out_path, err_path = tmp_path / "report.json", tmp_path / "stderr.txt"
     argv = [
-        sys.executable, "-m", "exsa_doctor", "diagnose",
-        "--url", f"http://127.0.0.1:{port}",
-        "--timeout", f"{timeout:g}", "--format", "json",
+        sys.executable,
+        "-m",
+        "exsa_doctor",
+        "diagnose",
+        "--url",
+        f"http://127.0.0.1:{port}",
+        "--timeout",
+        f"{timeout:g}",
+        "--format",
+        "json",
     ]
     seen_children: set[int] = set()
     with out_path.open("wb") as out, err_path.open("wb") as err:
@@ -289,9 +296,22 @@ def test_hung_py_spy_is_not_left_behind(procs: Procs, tmp_path: Path) -> None:
     env = dict(os.environ)
     env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
     argv = [
-        sys.executable, "-m", "exsa_doctor", "diagnose", "--url", f"http://127.0.0.1:{ports[0]}",
-        "--timeout", f"{timeout:g}", "--format", "json", "--probe", "processes",
-        "--probe", "health", "--probe", "stack",
+        sys.executable,
+        "-m",
+        "exsa_doctor",
+        "diagnose",
+        "--url",
+        f"http://127.0.0.1:{ports[0]}",
+        "--timeout",
+        f"{timeout:g}",
+        "--format",
+        "json",
+        "--probe",
+        "processes",
+        "--probe",
+        "health",
+        "--probe",
+        "stack",
     ]
     proc = procs.start(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -92,9 +92,7 @@ def entries(prefix: str) -> list[str]:
 
 def test_manifest_lists_every_corpus_file_and_the_corpus_is_small() -> None:
     on_disk = {
-        str(p.relative_to(CORPUS))
-        for p in CORPUS.rglob("*")
-        if p.is_file() and p.parent != CORPUS
+        str(p.relative_to(CORPUS)) for p in CORPUS.rglob("*") if p.is_file() and p.parent != CORPUS
     }
     assert on_disk == set(MANIFEST), on_disk ^ set(MANIFEST)
     total = sum(p.stat().st_size for p in CORPUS.rglob("*") if p.is_file())
@@ -178,8 +176,7 @@ def test_sse_corpus(rel: str) -> None:
     data = (CORPUS / rel).read_bytes()
     steps = [len(data) or 1, 4096, 7] + ([1] if len(data) <= 20_000 else [])
     tallies = [
-        bounded(partial(_decode, data, meta["kind"], meta["content_type"], step))
-        for step in steps
+        bounded(partial(_decode, data, meta["kind"], meta["content_type"], step)) for step in steps
     ]
     whole = tallies[0]
     for tally, step in zip(tallies[1:], steps[1:], strict=True):
@@ -328,9 +325,7 @@ def test_gguf_with_65536_metadata_pairs_parses_in_bounds() -> None:
 
 # ------------------------------------------------------------------- hypothesis: any bytes
 
-PROPERTY = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PROFILES = {p.name: p for p in all_builtin()}
 
 

@@ -134,7 +134,8 @@ def world(procs: Procs, world_dir: Path, tmp_path: Path) -> Iterator[World]:
     vim = procs.start(["bash", "-c", 'exec -a "vim exsa-engine.log" sleep 300'])
     wait_until(
         lambda: alive(vim.pid) and "exsa-engine" in " ".join(psutil.Process(vim.pid).cmdline()),
-        20.0, "the renamed sleep",
+        20.0,
+        "the renamed sleep",
     )
     found.append(_bystander(vim, "sleep renamed 'vim exsa-engine.log'"))
 
@@ -153,8 +154,17 @@ def world(procs: Procs, world_dir: Path, tmp_path: Path) -> Iterator[World]:
     bindir.chmod(0o755)
     (bindir / "exsa-engine").symlink_to(os.path.realpath(SYSTEM_PYTHON))
     others = procs.start(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-         str(bindir / "exsa-engine"), str(script), str(nobody_port), str(marks), "-"],
+        [
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            str(bindir / "exsa-engine"),
+            str(script),
+            str(nobody_port),
+            str(marks),
+            "-",
+        ],
         **pipe,
     )
     _ready(others, "nobody's engine")
@@ -238,22 +248,48 @@ def test_run_never_signals_bystanders(world: World) -> None:
     w = world
     engine = [sys.executable, "-m", "exsa_doctor.standin"]
     # the port is taken by the foreign listener: run must refuse, naming it, and signal nothing
-    res = doctor("run", "--port", str(w.port), "--ready-timeout", "20", "--", *engine,
-                 env={"MODEL_PATH": str(w.model)})
+    res = doctor(
+        "run",
+        "--port",
+        str(w.port),
+        "--ready-timeout",
+        "20",
+        "--",
+        *engine,
+        env={"MODEL_PATH": str(w.model)},
+    )
     assert "Traceback" not in res.stderr, res.stderr
     assert res.returncode != 0, res.stdout + res.stderr
     assert str(w.bystanders[0].pid) in res.stdout + res.stderr
     assert_untouched(w, "run --port (foreign listener)")
 
-    res = doctor("run", "--port", str(w.nobody_port), "--ready-timeout", "20", "--", *engine,
-                 env={"MODEL_PATH": str(w.model)})
+    res = doctor(
+        "run",
+        "--port",
+        str(w.nobody_port),
+        "--ready-timeout",
+        "20",
+        "--",
+        *engine,
+        env={"MODEL_PATH": str(w.model)},
+    )
     assert "Traceback" not in res.stderr, res.stderr
     assert res.returncode != 0, res.stdout + res.stderr
     assert_untouched(w, "run --port (nobody's engine)")
 
     # a whole run: start our engine, wait, run --then, tear down; the teardown hits only it
-    res = doctor("run", "--port", "auto", "--ready-timeout", "30", "--then", "true", "--",
-                 *engine, env={"MODEL_PATH": str(w.model)})
+    res = doctor(
+        "run",
+        "--port",
+        "auto",
+        "--ready-timeout",
+        "30",
+        "--then",
+        "true",
+        "--",
+        *engine,
+        env={"MODEL_PATH": str(w.model)},
+    )
     assert "Traceback" not in res.stderr, res.stderr
     assert res.returncode == 0, res.stdout + res.stderr
     assert_untouched(w, "run --port auto --then true")
@@ -292,11 +328,20 @@ def engine_with_secrets(procs: Procs, tmp_path: Path) -> tuple[int, Path, Path, 
     port = free_port()
     engine_log = tmp_path / "engine-out" / "engine.log"  # the engine itself appends to this
     engine_log.parent.mkdir()
-    env = {**os.environ, "MODEL_PATH": str(model), "PORT": str(port), "HOST": "127.0.0.1",
-           **SECRETS}
+    env = {
+        **os.environ,
+        "MODEL_PATH": str(model),
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        **SECRETS,
+    }
     with engine_log.open("wb") as out:
-        engine = procs.start([sys.executable, "-m", "exsa_doctor.standin"], env=env,
-                             stdout=out, stderr=subprocess.STDOUT)
+        engine = procs.start(
+            [sys.executable, "-m", "exsa_doctor.standin"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     wait_until(lambda: engine.poll() is None and accepts(port), 30.0, "the stand-in engine")
     client_log = inputs / "client.log"  # what a proxy or client library may leave in a log
     client_log.write_text(
@@ -317,16 +362,39 @@ def test_writes_only_the_output_and_bundles_no_secrets(
     output = outdir / ("report.json" if command == "diagnose" else "bundle.tar.gz")
     watched = [home, tmp, cwd, outdir, model.parent]
     before = {str(d): _fingerprint(d) for d in watched}
-    args = [command, "--url", f"http://127.0.0.1:{port}", "--model", str(model),
-            "--log", str(engine_log), "--log", str(client_log), "--timeout", "8",
-            "--output", str(output)]
+    args = [
+        command,
+        "--url",
+        f"http://127.0.0.1:{port}",
+        "--model",
+        str(model),
+        "--log",
+        str(engine_log),
+        "--log",
+        str(client_log),
+        "--timeout",
+        "8",
+        "--output",
+        str(output),
+    ]
     if command == "diagnose":
         args += ["--format", "json"]
-    env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp), "XDG_CACHE_HOME": str(home),
-           "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "TMPDIR": str(tmp),
+        "XDG_CACHE_HOME": str(home),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     res = subprocess.run(
-        [sys.executable, "-m", "exsa_doctor", *args], capture_output=True, text=True,
-        check=False, timeout=CLI_TIMEOUT_S, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "exsa_doctor", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=CLI_TIMEOUT_S,
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
     )
     assert "Traceback" not in res.stderr, res.stderr
     assert res.returncode in (0, 1, 3), res.stderr
@@ -340,11 +408,17 @@ def test_writes_only_the_output_and_bundles_no_secrets(
     with tarfile.open(output) as tar:
         members = {
             m.name: tar.extractfile(m).read()  # type: ignore[union-attr]
-            for m in tar.getmembers() if m.isfile()
+            for m in tar.getmembers()
+            if m.isfile()
         }
     names = {n.split("/", 1)[1] for n in members}
-    assert {"report.json", "processes.json", "manifest.json", "logs/engine.log",
-            "logs/client.log"} <= names, names
+    assert {
+        "report.json",
+        "processes.json",
+        "manifest.json",
+        "logs/engine.log",
+        "logs/client.log",
+    } <= names, names
     for name, data in members.items():
         for secret in SECRET_STRINGS:
             assert secret.encode() not in data, f"{secret!r} leaked into {name}"

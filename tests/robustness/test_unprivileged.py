@@ -162,8 +162,16 @@ def test_port_held_by_root_listener(procs: Procs, world_dir: Path) -> None:
     served = world_dir / "served"
     served.mkdir()
     listener = procs.start(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-         "--directory", str(served)],
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(served),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -57,8 +57,10 @@ class Result:
         causes = ", ".join(f"{c.id}={c.probability:.3f}" for c in self.diag.causes[:5])
         found = "; ".join(f"{f.id} {dict(f.data)}" for f in self.diag.findings)
         probes = ", ".join(f"{p.name}:{p.status.value}" for p in self.diag.probes)
-        return (f"\nverdict {self.diag.verdict.value}; causes {causes}\nprobes {probes}"
-                f"\nfindings {found}")
+        return (
+            f"\nverdict {self.diag.verdict.value}; causes {causes}\nprobes {probes}"
+            f"\nfindings {found}"
+        )
 
     def top(self) -> RankedCause:
         assert self.diag.top_cause is not None, self.explain()

@@ -19,9 +19,21 @@ def _alive(pid: int) -> bool:
 
 def test_demo_race_json_and_cleanup() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "exsa_doctor", "demo", "race", "--format", "json",
-         "--timeout", "15"],
-        check=False, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "exsa_doctor",
+            "demo",
+            "race",
+            "--format",
+            "json",
+            "--timeout",
+            "15",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     cleaned = re.search(r"stopping PIDs ([\d, ]+)\)", proc.stderr)
     assert cleaned, proc.stderr
@@ -35,7 +47,10 @@ def test_demo_race_json_and_cleanup() -> None:
 def test_demo_unknown_scenario_is_a_usage_error() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "exsa_doctor", "demo", "no-such-thing"],
-        check=False, capture_output=True, text=True, timeout=60,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert "unknown scenario" in proc.stderr and "Traceback" not in proc.stderr

@@ -15,5 +15,7 @@ def test_allocation_failure_is_diagnosed(result: Result) -> None:
     result.assert_top("out-of-memory")
     line = str(result.finding("logs.oom").data["line"])
     assert "failed to allocate" in line, result.explain()
-    assert result.cause("out-of-memory").probability > result.cause(
-        "model-missing-or-invalid").probability, result.explain()
+    assert (
+        result.cause("out-of-memory").probability
+        > result.cause("model-missing-or-invalid").probability
+    ), result.explain()

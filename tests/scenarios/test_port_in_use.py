@@ -19,6 +19,8 @@ def test_foreign_squatter_is_named_with_its_pid(result: Result) -> None:
     bind = result.finding("logs.bind_failed")
     assert int(bind.data["port"]) == result.sc.port, result.explain()
     assert any(str(squatter) in cmd.split() for cmd in result.commands("port-in-use")), (
-        result.commands("port-in-use"), result.explain())
+        result.commands("port-in-use"),
+        result.explain(),
+    )
     # the squatter is not mistaken for an engine instance
     assert not result.has("port.listening_engine"), result.explain()

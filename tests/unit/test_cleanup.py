@@ -47,10 +47,7 @@ def listening(port: int) -> bool:
 def alive(ident: Ident) -> bool:
     try:
         proc = psutil.Process(ident[0])
-        return (
-            abs(proc.create_time() - ident[1]) <= 0.01
-            and proc.status() != psutil.STATUS_ZOMBIE
-        )
+        return abs(proc.create_time() - ident[1]) <= 0.01 and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
 
@@ -59,7 +56,11 @@ def start_orphan(argv: list[str], env: dict[str, str]) -> Ident:
     """Start `argv` from a launcher shell that exits at once: the process is orphaned."""
     launcher = subprocess.run(
         ["/bin/sh", "-c", '"$@" >/dev/null 2>&1 </dev/null & echo $!', "sh", *argv],
-        check=True, capture_output=True, text=True, env=env, timeout=60,
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     pid = int(launcher.stdout.strip())
     return pid, psutil.Process(pid).create_time()
@@ -86,7 +87,10 @@ def model(tmp_path: Path) -> Path:
 
 def orphan_engine(model: Path, port: int, started: list[Ident]) -> Ident:
     env = dict(
-        os.environ, MODEL_PATH=str(model), PORT=str(port), HOST="127.0.0.1",
+        os.environ,
+        MODEL_PATH=str(model),
+        PORT=str(port),
+        HOST="127.0.0.1",
         EXSA_STANDIN_LOAD_S="0.2",
     )
     ident = start_orphan([sys.executable, "-m", "exsa_doctor.standin"], env)
@@ -98,14 +102,15 @@ def orphan_engine(model: Path, port: int, started: list[Ident]) -> Ident:
 def cleanup(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "exsa_doctor", "cleanup", *args],
-        check=False, capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
         stdin=subprocess.DEVNULL,
     )
 
 
-def test_cleanup_stops_an_orphaned_instance_on_the_port(
-    model: Path, started: list[Ident]
-) -> None:
+def test_cleanup_stops_an_orphaned_instance_on_the_port(model: Path, started: list[Ident]) -> None:
     port = free_port()
     engine = orphan_engine(model, port, started)
     done = cleanup("--port", str(port), "--yes")
@@ -140,11 +145,14 @@ def test_a_foreign_listener_and_lookalikes_are_never_signalled(
     port = free_port()
     env = dict(os.environ, PORT=str(port), MODEL_PATH=str(model))
     foreign = start_orphan(
-        [sys.executable, "-c",
-         "import socket, sys, time\n"
-         "s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(4)\n"
-         "time.sleep(120)",
-         str(port)],
+        [
+            sys.executable,
+            "-c",
+            "import socket, sys, time\n"
+            "s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(4)\n"
+            "time.sleep(120)",
+            str(port),
+        ],
         env,
     )
     started.append(foreign)
@@ -192,9 +200,7 @@ def test_without_a_terminal_and_without_yes_nothing_is_signalled(
     assert alive(engine)
 
 
-def test_the_plan_skips_an_instance_whose_pid_was_reused(
-    model: Path, started: list[Ident]
-) -> None:
+def test_the_plan_skips_an_instance_whose_pid_was_reused(model: Path, started: list[Ident]) -> None:
     from dataclasses import replace
 
     from exsa_doctor.supervise.cleanup import execute

@@ -25,7 +25,7 @@ def test_every_probe_is_documented_and_bounded(cls: type) -> None:
     assert cls.name and cls.title
     assert cls.__doc__ and len(cls.__doc__.strip()) > 20
     assert sys.modules[cls.__module__].__doc__
-    assert 0 < cls.timeout_s
+    assert cls.timeout_s > 0
     assert cls.emits, f"probe {cls.name} declares no finding ids"
     assert all(fid.startswith(cls.name + ".") for fid in cls.emits), cls.emits
 
@@ -66,9 +66,17 @@ def test_every_cause_has_evidence_for_and_against() -> None:
 
 def test_the_public_cause_ids_are_all_there() -> None:
     assert {c.id for c in load_causes()} == {
-        "race-condition", "port-in-use", "model-file-lock", "mmap-conflict",
-        "engine-not-running", "hung-during-load", "model-missing-or-invalid", "wrong-address",
-        "zero-token-generation", "out-of-memory", "overloaded",
+        "race-condition",
+        "port-in-use",
+        "model-file-lock",
+        "mmap-conflict",
+        "engine-not-running",
+        "hung-during-load",
+        "model-missing-or-invalid",
+        "wrong-address",
+        "zero-token-generation",
+        "out-of-memory",
+        "overloaded",
     }
 
 

@@ -299,8 +299,7 @@ def _fake_lsof(tmp_path: Path, fixture: str) -> str:
 
 def test_lsof_path_on_recorded_macos_output(tmp_path: Path) -> None:
     exe = _fake_lsof(tmp_path, "macos_model_holders.txt")
-    h = holders_lsof("/Users/ahammed/models/qwen2.5-1.5b-instruct-q8_0.gguf", None,
-                     executable=exe)
+    h = holders_lsof("/Users/ahammed/models/qwen2.5-1.5b-instruct-q8_0.gguf", None, executable=exe)
     assert h.mapped_by == (17939,)  # macOS shows the mapping as `txt`
     assert h.open_by == (17939, 18112, 18150)
     assert h.locks == (LockHolder(pid=18150, kind="UNKNOWN", mode="WRITE"),)

@@ -36,15 +36,28 @@ def outcome(parse: object) -> str:
 
 @pytest.mark.parametrize(
     "types",
-    [("F32",), ("F16",), ("Q8_0",), ("Q4_0",), ("Q4_K",), ("Q6_K",),
-     ("F32", "F16", "Q8_0", "Q4_K")],
+    [
+        ("F32",),
+        ("F16",),
+        ("Q8_0",),
+        ("Q4_0",),
+        ("Q4_K",),
+        ("Q6_K",),
+        ("F32", "F16", "Q8_0", "Q4_K"),
+    ],
 )
 def test_files_from_the_gguf_writer(tmp_path: Path, types: tuple[str, ...]) -> None:
     import gguf
 
     path = tmp_path / "m.gguf"
-    size = write_gguf(path, n_tensors=4, tensor_elems=4096, tensor_types=types,
-                      architecture="qwen2", extra_kv={"tokenizer.ggml.tokens": ["a", "b c", "d"]})
+    size = write_gguf(
+        path,
+        n_tensors=4,
+        tensor_elems=4096,
+        tensor_types=types,
+        architecture="qwen2",
+        extra_kv={"tokenizer.ggml.tokens": ["a", "b c", "d"]},
+    )
     h = read_gguf_header(str(path))
     ref = gguf.GGUFReader(str(path))  # the reference reader, in tests only
     assert h.version == 3 and h.byte_order == "little"
@@ -109,8 +122,11 @@ def test_missing_file_raises_oserror(tmp_path: Path) -> None:
 def test_large_vocabulary_is_skipped_not_materialised(tmp_path: Path) -> None:
     path = tmp_path / "vocab.gguf"
     tokens = [f"token{i}" for i in range(150_000)]
-    write_gguf(path, tensor_elems=1024,
-               extra_kv={"tokenizer.ggml.tokens": tokens, "tokenizer.ggml.scores": [0.0] * 150_000})
+    write_gguf(
+        path,
+        tensor_elems=1024,
+        extra_kv={"tokenizer.ggml.tokens": tokens, "tokenizer.ggml.scores": [0.0] * 150_000},
+    )
     tracemalloc.start()
     try:
         h = read_gguf_header(str(path))

@@ -44,10 +44,22 @@ def test_options_round_trip(tmp_path: Path) -> None:
     import gguf
 
     path = tmp_path / "m.gguf"
-    write_gguf(path, n_tensors=3, tensor_elems=512, architecture="qwen2",
-               tensor_types=("Q8_0", "F16"), alignment=64,
-               extra_kv={"x.s": "hi", "x.b": True, "x.i": 7, "x.f": 1.5, "x.big": 2**40,
-                         "x.arr": ["a", "b"]})
+    write_gguf(
+        path,
+        n_tensors=3,
+        tensor_elems=512,
+        architecture="qwen2",
+        tensor_types=("Q8_0", "F16"),
+        alignment=64,
+        extra_kv={
+            "x.s": "hi",
+            "x.b": True,
+            "x.i": 7,
+            "x.f": 1.5,
+            "x.big": 2**40,
+            "x.arr": ["a", "b"],
+        },
+    )
     r = gguf.GGUFReader(str(path))
     assert [t.tensor_type.name for t in r.tensors] == ["Q8_0", "F16", "Q8_0"]
     assert _field(r, "general.architecture") == "qwen2"

@@ -77,8 +77,17 @@ def test_healthy_run_phases_and_clean_shutdown() -> None:
     run = report.last_run
     assert run is not None and run.version == "0.1.0"
     markers = [e.marker for e in run.events]
-    assert markers == ["start", "model_path", "model_validated", "model_loaded", "binding",
-                       "listening", "generation_request", "generation_complete", "shutdown"]
+    assert markers == [
+        "start",
+        "model_path",
+        "model_validated",
+        "model_loaded",
+        "binding",
+        "listening",
+        "generation_request",
+        "generation_complete",
+        "shutdown",
+    ]
     assert run.first("model_path") is not None
     assert run.first("model_path").groups["path"] == "/tmp/b1cap/model.gguf"  # type: ignore[union-attr]
     assert report.started_at == pytest.approx(utc(2026, 11, 26, 17, 24, 6.128613), abs=1e-6)
@@ -86,8 +95,12 @@ def test_healthy_run_phases_and_clean_shutdown() -> None:
     assert run.load_s == pytest.approx(6.429368 - 6.128766, abs=1e-5)
     assert report.shutdown is not None and report.fatal == ()
     d = report.durations
-    assert set(d) == {"started_to_validated", "validated_to_loaded", "loaded_to_listening",
-                      "started_to_listening"}
+    assert set(d) == {
+        "started_to_validated",
+        "validated_to_loaded",
+        "loaded_to_listening",
+        "started_to_listening",
+    }
     assert all(v >= 0 for v in d.values())
 
 
@@ -106,7 +119,11 @@ def test_bind_failure_address_errno_port() -> None:
     failure = report.bind_failure
     assert failure is not None
     assert (failure.address, failure.host, failure.port, failure.errno) == (
-        "127.0.0.1:47051", "127.0.0.1", 47051, 98)
+        "127.0.0.1:47051",
+        "127.0.0.1",
+        47051,
+        98,
+    )
     assert failure.reason == "Address already in use"
     assert [e.marker for e in report.fatal] == ["bind_failed"]
     assert report.listening_at is None and report.loaded_at is not None
@@ -158,7 +175,8 @@ def test_ansi_colours_are_stripped_and_change_nothing() -> None:
     coloured = exsa("ansi.log")
     assert b"\x1b[" in (LOGS / "exsa-engine" / "ansi.log").read_bytes()
     assert [(e.marker, e.t, dict(e.groups)) for e in coloured.events] == [
-        (e.marker, e.t, dict(e.groups)) for e in plain.events]
+        (e.marker, e.t, dict(e.groups)) for e in plain.events
+    ]
     assert all("\x1b" not in e.line for e in coloured.events)
 
 
@@ -193,8 +211,7 @@ def test_elapsed_stamps_anchor_only_the_newest_process() -> None:
 def test_elapsed_anchor_falls_back_to_file_mtime() -> None:
     data = (LOGS / "llama-server" / "two-runs-loading.log").read_bytes()
     mtime = utc(2026, 1, 2, 3, 4, 10.0)
-    report = parse_log(LogBytes(data=data, size=len(data), skipped=0, mtime=mtime), LLAMA,
-                       now=NOW)
+    report = parse_log(LogBytes(data=data, size=len(data), skipped=0, mtime=mtime), LLAMA, now=NOW)
     assert report.anchor == pytest.approx(mtime - 0.366828)
     assert report.started_at == pytest.approx(mtime - 0.366828 + 0.000890)
 
@@ -204,10 +221,20 @@ def test_elapsed_anchor_falls_back_to_file_mtime() -> None:
     [
         ("healthy.log", {"listening": "127.0.0.1:45411", "loaded": True, "shutdown": True}),
         ("bind-failed.log", {"bind": ("127.0.0.1", 44519), "shutdown": False}),
-        ("model-missing.log", {"error": "llama_model_loader: failed to load model from "
-                                        "/tmp/nonexistent.gguf", "shutdown": False}),
-        ("model-truncated.log", {"error": "tensor 'token_embd.weight' data is not within the "
-                                          "file bounds, model is corrupted or incomplete"}),
+        (
+            "model-missing.log",
+            {
+                "error": "llama_model_loader: failed to load model from /tmp/nonexistent.gguf",
+                "shutdown": False,
+            },
+        ),
+        (
+            "model-truncated.log",
+            {
+                "error": "tensor 'token_embd.weight' data is not within the "
+                "file bounds, model is corrupted or incomplete"
+            },
+        ),
     ],
 )
 def test_live_llama_server_captures(name: str, expect: dict[str, object]) -> None:
@@ -237,8 +264,7 @@ def test_old_llama_server_without_timestamps() -> None:
     run = report.last_run
     assert run is not None
     assert run.version == "4179"
-    assert [e.marker for e in run.events] == ["start", "model_loading", "model_loaded",
-                                              "listening"]
+    assert [e.marker for e in run.events] == ["start", "model_loading", "model_loaded", "listening"]
     assert run.listening_address == "127.0.0.1:8080"  # the "- starting the main loop" line
     assert all(e.t is None for e in run.events) and report.stamped_lines == 0
     bind = parse_file(LOGS / "llama-server" / "old-build-bind-failed.log", LLAMA, now=NOW)
@@ -247,8 +273,10 @@ def test_old_llama_server_without_timestamps() -> None:
 
 
 def test_coloured_llama_lines() -> None:
-    line = ("\x1b[34m0.00.008.159\x1b[0m \x1b[32mI \x1b[0msrv    load_model: loading model "
-            "'/tmp/tiny.gguf'\n")
+    line = (
+        "\x1b[34m0.00.008.159\x1b[0m \x1b[32mI \x1b[0msrv    load_model: loading model "
+        "'/tmp/tiny.gguf'\n"
+    )
     report = parse_log(line.encode(), LLAMA, anchor=1.7e9, now=NOW)
     event = report.events[0]
     assert event.marker == "model_loading" and event.groups["path"] == "/tmp/tiny.gguf"
@@ -278,16 +306,18 @@ def test_ollama_go_log_format_and_bind_error(utc_tz: None) -> None:
 
 def test_vllm_old_and_new_layouts(utc_tz: None) -> None:
     reference = utc(2025, 6, 1, 0, 0, 0)
-    old = parse_log((LOGS / "vllm" / "recorded-old.log").read_bytes(), VLLM,
-                    file_mtime=reference, now=NOW)
+    old = parse_log(
+        (LOGS / "vllm" / "recorded-old.log").read_bytes(), VLLM, file_mtime=reference, now=NOW
+    )
     run = old.last_run
     assert run is not None and run.version == "0.6.4.post1"
     assert run.started_at == pytest.approx(utc(2025, 4, 9, 0, 47, 12))
     assert run.listening_address == "0.0.0.0:8688"  # "Starting vLLM API server on ..." listens
     assert old.start_count == 1
     assert run.load_s == pytest.approx(40.0)
-    new = parse_log((LOGS / "vllm" / "recorded-new.log").read_bytes(), VLLM,
-                    file_mtime=reference, now=NOW)
+    new = parse_log(
+        (LOGS / "vllm" / "recorded-new.log").read_bytes(), VLLM, file_mtime=reference, now=NOW
+    )
     assert new.last_run is not None and new.last_run.version == "0.8.3"
     assert new.listening_at == pytest.approx(utc(2025, 4, 10, 11, 11, 21))
 
@@ -298,7 +328,8 @@ def test_vllm_year_is_the_one_before_the_reference(utc_tz: None) -> None:
     assert parse_vllm_stamp(line, jan, NOW) == pytest.approx(utc(2025, 12, 31, 23, 59, 58))
     leap = "INFO 02-29 10:00:00 [x.py:1] y"
     assert parse_vllm_stamp(leap, utc(2025, 3, 1, 0, 0, 0), NOW) == pytest.approx(
-        utc(2024, 2, 29, 10, 0, 0))
+        utc(2024, 2, 29, 10, 0, 0)
+    )
 
 
 def test_every_recorded_engine_fixture_parses() -> None:
@@ -359,9 +390,11 @@ def test_elapsed_stamps(line: str, expected: float | None) -> None:
 
 
 def test_impossible_stamps_in_a_log_give_no_time_never_an_error() -> None:
-    data = (b"2025-13-45T99:99:99Z  INFO exsa_engine: Starting Exsa-Engine v1\n"
-            b"0000-00-00T00:00:00Z  INFO exsa_engine: Model validation passed: /m\n"
-            b"9999-01-01T00:00:00Z  INFO exsa_engine: Server listening on http://h:1\n")
+    data = (
+        b"2025-13-45T99:99:99Z  INFO exsa_engine: Starting Exsa-Engine v1\n"
+        b"0000-00-00T00:00:00Z  INFO exsa_engine: Model validation passed: /m\n"
+        b"9999-01-01T00:00:00Z  INFO exsa_engine: Server listening on http://h:1\n"
+    )
     run = parse_log(data, EXSA, now=NOW).last_run
     assert run is not None
     assert [e.t for e in run.events] == [None, None, None]
@@ -369,10 +402,12 @@ def test_impossible_stamps_in_a_log_give_no_time_never_an_error() -> None:
 
 
 def test_out_of_order_stamps_give_no_negative_durations() -> None:
-    data = (b"2025-11-23T10:00:10Z  INFO exsa_engine: Starting Exsa-Engine v1\n"
-            b"2025-11-23T10:00:05Z  INFO exsa_engine: Model validation passed: /m\n"
-            b"2025-11-23T10:00:01Z  INFO exsa_engine: Model loaded successfully\n"
-            b"2025-11-23T10:00:20Z  INFO exsa_engine: Server listening on http://h:1\n")
+    data = (
+        b"2025-11-23T10:00:10Z  INFO exsa_engine: Starting Exsa-Engine v1\n"
+        b"2025-11-23T10:00:05Z  INFO exsa_engine: Model validation passed: /m\n"
+        b"2025-11-23T10:00:01Z  INFO exsa_engine: Model loaded successfully\n"
+        b"2025-11-23T10:00:20Z  INFO exsa_engine: Server listening on http://h:1\n"
+    )
     run = parse_log(data, EXSA, now=NOW).last_run
     assert run is not None
     assert all(v >= 0 for v in run.durations.values())
@@ -397,8 +432,10 @@ def test_read_log_keeps_head_and_tail_only(tmp_path: Path) -> None:
     assert raw.skipped == size - len(raw.data) > 6 << 20
     assert raw.data.startswith(head) and raw.data.endswith(tail)
     # every line in the joined text is whole: the cut in the middle left no fragment
-    assert all(line == b"" or line in (head.rstrip(b"\n"), filler.rstrip(b"\n"),
-                                       tail.rstrip(b"\n")) for line in raw.data.split(b"\n"))
+    assert all(
+        line == b"" or line in (head.rstrip(b"\n"), filler.rstrip(b"\n"), tail.rstrip(b"\n"))
+        for line in raw.data.split(b"\n")
+    )
     report = parse_log(raw, EXSA, now=NOW)
     assert report.started_at is not None and report.listening_address == "127.0.0.1:3000"
     assert report.skipped_bytes == raw.skipped and report.notes
@@ -470,8 +507,10 @@ def test_chatty_markers_are_counted_not_kept() -> None:
 
 
 def test_runs_are_bounded() -> None:
-    data = b"".join(b"Starting Exsa-Engine v%d\nMODEL_PATH environment variable must be set\n" % i
-                    for i in range(MAX_RUNS + 50))
+    data = b"".join(
+        b"Starting Exsa-Engine v%d\nMODEL_PATH environment variable must be set\n" % i
+        for i in range(MAX_RUNS + 50)
+    )
     report = parse_log(data, EXSA, now=NOW)
     assert len(report.runs) == MAX_RUNS and report.start_count == MAX_RUNS + 50
     assert report.last_run is not None and report.last_run.version == str(MAX_RUNS + 49)
@@ -495,8 +534,10 @@ MARKER_LINES = [
 def _bounded(report: LogReport) -> None:
     assert len(report.runs) <= MAX_RUNS
     for run in report.runs:
-        assert all(n <= MAX_EVENTS_PER_MARKER for n in
-                   (sum(1 for e in run.events if e.marker == m) for m in run.counts))
+        assert all(
+            n <= MAX_EVENTS_PER_MARKER
+            for n in (sum(1 for e in run.events if e.marker == m) for m in run.counts)
+        )
     assert all(len(e.line) <= EVENT_LINE_CHARS for e in report.events)
     assert all(e.t is None or 631152000 <= e.t <= NOW + 2 * 86400 for e in report.events)
 
@@ -534,8 +575,13 @@ def test_mixed_encodings_keep_the_marker_lines(chunks: list[bytes], profile: Pro
 @settings(max_examples=100, deadline=None)
 @given(stamps=st.lists(st.integers(min_value=0, max_value=10**6), min_size=1, max_size=30))
 def test_out_of_order_timestamps_never_break(stamps: list[int]) -> None:
-    names = ["Starting Exsa-Engine v1", "Model validation passed: /m", "Model loaded successfully",
-             "Server listening on http://127.0.0.1:3000", "Server shut down gracefully"]
+    names = [
+        "Starting Exsa-Engine v1",
+        "Model validation passed: /m",
+        "Model loaded successfully",
+        "Server listening on http://127.0.0.1:3000",
+        "Server shut down gracefully",
+    ]
     lines = []
     for i, s in enumerate(stamps):
         t = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(1.7e9 + s))
@@ -548,8 +594,10 @@ def test_out_of_order_timestamps_never_break(stamps: list[int]) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(line=st.one_of(st.sampled_from([m.decode() for m in MARKER_LINES]), st.text(max_size=120)),
-       profile=st.sampled_from(PROFILES))
+@given(
+    line=st.one_of(st.sampled_from([m.decode() for m in MARKER_LINES]), st.text(max_size=120)),
+    profile=st.sampled_from(PROFILES),
+)
 def test_first_pass_never_hides_a_marker(line: str, profile: Profile) -> None:
     line = line.replace("\n", " ")
     markers = profile.compiled_markers()
@@ -566,8 +614,10 @@ def test_first_pass_is_skipped_for_patterns_it_cannot_merge() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(pad=st.integers(min_value=0, max_value=3 * MAX_LINE_BYTES),
-       fill=st.sampled_from([b"a", b"\xff", b"\xc3\xa9", b"\x1b[0m", b" "]))
+@given(
+    pad=st.integers(min_value=0, max_value=3 * MAX_LINE_BYTES),
+    fill=st.sampled_from([b"a", b"\xff", b"\xc3\xa9", b"\x1b[0m", b" "]),
+)
 def test_giant_lines_are_capped_where_the_marker_sits(pad: int, fill: bytes) -> None:
     marker = b"Starting Exsa-Engine v1"
     line = b"2025-01-01T00:00:00Z  INFO " + fill * (pad // len(fill)) + marker

@@ -41,11 +41,17 @@ def exsa_line(t: float, message: str, level: str = "INFO") -> str:
     return f"{iso(t)} {level:>5} exsa_engine: {message}\n"
 
 
-def make_ctx(logs: Sequence[Path], *, url: str = "http://127.0.0.1:3000",
-             failed_at: str | None = None, profile: str | None = None,
-             pids: Sequence[int] = ()) -> Context:
-    target = resolve_target(url=url, logs=list(logs), failed_at=failed_at, profile=profile,
-                            pids=list(pids), environ={})
+def make_ctx(
+    logs: Sequence[Path],
+    *,
+    url: str = "http://127.0.0.1:3000",
+    failed_at: str | None = None,
+    profile: str | None = None,
+    pids: Sequence[int] = (),
+) -> Context:
+    target = resolve_target(
+        url=url, logs=list(logs), failed_at=failed_at, profile=profile, pids=list(pids), environ={}
+    )
     return Context(target=target, deadline=time.monotonic() + 5)
 
 
@@ -65,11 +71,13 @@ def write(path: Path, text: str) -> Path:
 
 
 def healthy_run(t0: float, port: int = 3000, host: str = "127.0.0.1") -> str:
-    return (exsa_line(t0, "Starting Exsa-Engine v0.1.0")
-            + exsa_line(t0 + 0.01, "Model validation passed: /models/q.gguf")
-            + exsa_line(t0 + 12.0, "✅ Model loaded successfully with dynamic loading capability")
-            + exsa_line(t0 + 12.001, f"Starting HTTP server on {host}:{port}")
-            + exsa_line(t0 + 12.002, f"✅ Server listening on http://{host}:{port}"))
+    return (
+        exsa_line(t0, "Starting Exsa-Engine v0.1.0")
+        + exsa_line(t0 + 0.01, "Model validation passed: /models/q.gguf")
+        + exsa_line(t0 + 12.0, "✅ Model loaded successfully with dynamic loading capability")
+        + exsa_line(t0 + 12.001, f"Starting HTTP server on {host}:{port}")
+        + exsa_line(t0 + 12.002, f"✅ Server listening on http://{host}:{port}")
+    )
 
 
 # ---------------------------------------------------------------------------------- basics
@@ -83,8 +91,9 @@ def test_skipped_without_logs() -> None:
 
 def test_every_emitted_id_is_in_the_contract() -> None:
     logs_section = FINDINGS_DOC.split("## logs", 1)[1].split("\n## ", 1)[0]
-    documented = {line.split("`")[1] for line in logs_section.splitlines()
-                  if line.startswith("| `logs.")}
+    documented = {
+        line.split("`")[1] for line in logs_section.splitlines() if line.startswith("| `logs.")
+    }
     assert set(LogsProbe.emits) == documented
 
 
@@ -92,7 +101,9 @@ def test_missing_file_and_directory_are_findings(tmp_path: Path) -> None:
     _found, out = run_probe(make_ctx([tmp_path / "absent.log", tmp_path]))
     missing = [f for f in out.findings if f.id == "logs.missing"]
     assert [(f.data["path"], f.data["reason"]) for f in missing] == [
-        (str(tmp_path / "absent.log"), "no such file"), (str(tmp_path), "is a directory")]
+        (str(tmp_path / "absent.log"), "no such file"),
+        (str(tmp_path), "is a directory"),
+    ]
     assert out.detail == "no log could be read"
 
 
@@ -153,7 +164,8 @@ def test_unreadable_file_is_a_finding(open_dir: Path) -> None:
         return
     # root reads anything: read it as nobody
     assert _probe_as_nobody(log) == [
-        ["logs.missing", {"path": str(log), "reason": "permission denied"}]]
+        ["logs.missing", {"path": str(log), "reason": "permission denied"}]
+    ]
 
 
 def test_binary_file_gives_no_findings_and_no_crash(tmp_path: Path) -> None:
@@ -224,9 +236,13 @@ def test_race_failed_before_ready(tmp_path: Path) -> None:
 
 
 def test_seed_race_fixture(tmp_path: Path) -> None:
-    found, _ = run_probe(make_ctx([FIXTURES / "exsa-engine" / "race.log"],
-                                  url="http://127.0.0.1:32841",
-                                  failed_at="2025-11-23T23:41:56.127Z"))
+    found, _ = run_probe(
+        make_ctx(
+            [FIXTURES / "exsa-engine" / "race.log"],
+            url="http://127.0.0.1:32841",
+            failed_at="2025-11-23T23:41:56.127Z",
+        )
+    )
     assert found["logs.failed_before_ready"].data["gap_s"] == pytest.approx(9.087, abs=1e-3)
 
 
@@ -241,9 +257,15 @@ def test_failed_after_ready(tmp_path: Path) -> None:
 
 def test_failed_in_a_run_that_never_listened(tmp_path: Path) -> None:
     t = utc(2025, 11, 23, 10, 0, 0)
-    text = healthy_run(t) + exsa_line(t + 100, "Starting Exsa-Engine v0.1.0") + exsa_line(
-        t + 100.2, "Failed to bind to 127.0.0.1:3000: Address already in use (os error 98)",
-        "ERROR")
+    text = (
+        healthy_run(t)
+        + exsa_line(t + 100, "Starting Exsa-Engine v0.1.0")
+        + exsa_line(
+            t + 100.2,
+            "Failed to bind to 127.0.0.1:3000: Address already in use (os error 98)",
+            "ERROR",
+        )
+    )
     log = write(tmp_path / "server.log", text)
     found, _ = run_probe(make_ctx([log], failed_at=iso(t + 101)))
     before = found["logs.failed_before_ready"]
@@ -257,8 +279,9 @@ def test_failed_in_a_run_that_never_listened(tmp_path: Path) -> None:
 
 
 def test_bind_failure(tmp_path: Path) -> None:
-    found, out = run_probe(make_ctx([FIXTURES / "exsa-engine" / "bind-failed.log"],
-                                    url="http://127.0.0.1:47051"))
+    found, out = run_probe(
+        make_ctx([FIXTURES / "exsa-engine" / "bind-failed.log"], url="http://127.0.0.1:47051")
+    )
     bind = found["logs.bind_failed"]
     assert bind.data["address"] == "127.0.0.1:47051"
     assert (bind.data["errno"], bind.data["port"]) == (98, 47051)
@@ -271,13 +294,26 @@ def test_bind_failure(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "fid", "key", "value"),
     [
-        ("model-missing.log", "logs.model_error", "reason",
-         "Model error: Model file not found: /tmp/b1cap/nope.gguf"),
+        (
+            "model-missing.log",
+            "logs.model_error",
+            "reason",
+            "Model error: Model file not found: /tmp/b1cap/nope.gguf",
+        ),
         ("model-path-unset.log", "logs.model_path_unset", None, None),
-        ("mmap-failed.log", "logs.mmap_failed", "line",
-         "llama_model_load: error loading model: mmap failed: Cannot allocate memory"),
-        ("oom.log", "logs.oom", "line", "ggml_backend_cpu_buffer_type_alloc_buffer: failed to "
-                                        "allocate buffer of size 1073741824"),
+        (
+            "mmap-failed.log",
+            "logs.mmap_failed",
+            "line",
+            "llama_model_load: error loading model: mmap failed: Cannot allocate memory",
+        ),
+        (
+            "oom.log",
+            "logs.oom",
+            "line",
+            "ggml_backend_cpu_buffer_type_alloc_buffer: failed to "
+            "allocate buffer of size 1073741824",
+        ),
     ],
 )
 def test_fatal_lines(name: str, fid: str, key: str | None, value: str | None) -> None:
@@ -293,10 +329,12 @@ def test_fatal_lines(name: str, fid: str, key: str | None, value: str | None) ->
 
 def test_panic_and_zero_tokens(tmp_path: Path) -> None:
     t = time.time() - 60
-    text = (healthy_run(t)
-            + exsa_line(t + 20, "speculative: 0 tokens generated")
-            + "thread 'tokio-runtime-worker' panicked at src/inference/engine.rs:475:9:\n"
-            + "called `Option::unwrap()` on a `None` value\n")
+    text = (
+        healthy_run(t)
+        + exsa_line(t + 20, "speculative: 0 tokens generated")
+        + "thread 'tokio-runtime-worker' panicked at src/inference/engine.rs:475:9:\n"
+        + "called `Option::unwrap()` on a `None` value\n"
+    )
     found, _ = run_probe(make_ctx([write(tmp_path / "s.log", text)]))
     assert found["logs.panic"].data["line"].startswith("thread 'tokio-runtime-worker' panicked")
     assert found["logs.panic"].data["t"] == pytest.approx(t + 20, abs=1e-5)  # inherited
@@ -305,12 +343,16 @@ def test_panic_and_zero_tokens(tmp_path: Path) -> None:
 
 
 def test_shutdown_only_when_it_is_the_last_event(tmp_path: Path) -> None:
-    found, _ = run_probe(make_ctx([FIXTURES / "exsa-engine" / "healthy.log"],
-                                  url="http://127.0.0.1:32841"))
+    found, _ = run_probe(
+        make_ctx([FIXTURES / "exsa-engine" / "healthy.log"], url="http://127.0.0.1:32841")
+    )
     assert found["logs.shutdown"].data["t"] == pytest.approx(utc(2026, 11, 26, 17, 24, 6.639989))
     t = time.time() - 100
-    text = (healthy_run(t) + exsa_line(t + 50, "Server shut down gracefully")
-            + exsa_line(t + 60, "Starting Exsa-Engine v0.1.0"))
+    text = (
+        healthy_run(t)
+        + exsa_line(t + 50, "Server shut down gracefully")
+        + exsa_line(t + 60, "Starting Exsa-Engine v0.1.0")
+    )
     found, _ = run_probe(make_ctx([write(tmp_path / "s.log", text)]))
     assert "logs.shutdown" not in found  # that shutdown belongs to the previous run
     assert found["logs.restarts"].data["count"] == 2
@@ -319,7 +361,8 @@ def test_shutdown_only_when_it_is_the_last_event(tmp_path: Path) -> None:
 def test_started_never_listened_and_still_loading(tmp_path: Path) -> None:
     t = time.time() - 5
     text = exsa_line(t, "Starting Exsa-Engine v0.1.0") + exsa_line(
-        t + 0.01, "Model validation passed: /models/q.gguf")
+        t + 0.01, "Model validation passed: /models/q.gguf"
+    )
     found, out = run_probe(make_ctx([write(tmp_path / "s.log", text)]))
     assert 4 <= found["logs.started_never_listened"].data["since_s"] < 120
     assert 4 <= found["logs.loading_in_progress"].data["since_s"] < 120
@@ -330,7 +373,8 @@ def test_started_never_listened_and_still_loading(tmp_path: Path) -> None:
 def test_an_old_load_is_not_in_progress(tmp_path: Path) -> None:
     t = time.time() - 1200
     text = exsa_line(t, "Starting Exsa-Engine v0.1.0") + exsa_line(
-        t + 0.01, "Model validation passed: /models/q.gguf")
+        t + 0.01, "Model validation passed: /models/q.gguf"
+    )
     found, _ = run_probe(make_ctx([write(tmp_path / "s.log", text)]))
     assert found["logs.started_never_listened"].data["since_s"] >= 1199
     assert "logs.loading_in_progress" not in found
@@ -338,11 +382,16 @@ def test_an_old_load_is_not_in_progress(tmp_path: Path) -> None:
 
 def test_fatal_line_in_a_second_log_counts(tmp_path: Path) -> None:
     t = time.time() - 5
-    stdout = write(tmp_path / "out.log", exsa_line(t, "Starting Exsa-Engine v0.1.0")
-                   + exsa_line(t + 0.01, "Model validation passed: /m.gguf"))
-    stderr = write(tmp_path / "err.log",
-                   "llama_model_load: error loading model: tensor 'x' data is not within the "
-                   "file bounds, model is corrupted or incomplete\n")
+    stdout = write(
+        tmp_path / "out.log",
+        exsa_line(t, "Starting Exsa-Engine v0.1.0")
+        + exsa_line(t + 0.01, "Model validation passed: /m.gguf"),
+    )
+    stderr = write(
+        tmp_path / "err.log",
+        "llama_model_load: error loading model: tensor 'x' data is not within the "
+        "file bounds, model is corrupted or incomplete\n",
+    )
     found, _ = run_probe(make_ctx([stdout, stderr]))
     assert found["logs.model_error"].data["log"] == str(stderr)
     assert found["logs.model_error"].data["reason"].startswith("tensor 'x'")
@@ -367,11 +416,13 @@ def test_fatal_line_in_a_second_log_counts(tmp_path: Path) -> None:
         ("http://myhost:3000", "10.0.0.7:3000", None),  # a name we do not resolve: no opinion
     ],
 )
-def test_listening_on_another_address(tmp_path: Path, url: str, listen: str,
-                                      expected_url: str | None) -> None:
+def test_listening_on_another_address(
+    tmp_path: Path, url: str, listen: str, expected_url: str | None
+) -> None:
     t = time.time() - 60
     text = exsa_line(t, "Starting Exsa-Engine v0.1.0") + exsa_line(
-        t + 1, f"✅ Server listening on http://{listen}")
+        t + 1, f"✅ Server listening on http://{listen}"
+    )
     found, _ = run_probe(make_ctx([write(tmp_path / "s.log", text)], url=url))
     assert found["logs.listening"].data["address"] == listen
     other = found.get("logs.listening_other_address")
@@ -426,8 +477,9 @@ def test_elapsed_log_anchored_on_the_engine_create_time(
     # the file was last written a little after its newest stamp, as with real output buffering
     mtime = created + 1.227813 + 1.5
     os.utime(log, (mtime, mtime))
-    ctx = make_ctx([log], url="http://127.0.0.1:8080", profile="llama-server",
-                   pids=[fake_llama_server.pid])
+    ctx = make_ctx(
+        [log], url="http://127.0.0.1:8080", profile="llama-server", pids=[fake_llama_server.pid]
+    )
     assert [e.pid for e in ctx.target_engines()] == [fake_llama_server.pid]
     found, _ = run_probe(ctx)
     assert found["logs.started"].data["t"] == pytest.approx(created + 0.000844, abs=1e-4)
@@ -440,19 +492,27 @@ def test_engine_that_cannot_have_written_the_log_is_not_the_anchor(
     log = write(tmp_path / "llama.log", LLAMA_LOG)
     mtime = fake_llama_server.create_time() - 3600  # written an hour before the process existed
     os.utime(log, (mtime, mtime))
-    ctx = make_ctx([log], url="http://127.0.0.1:8080", profile="llama-server",
-                   pids=[fake_llama_server.pid])
+    ctx = make_ctx(
+        [log], url="http://127.0.0.1:8080", profile="llama-server", pids=[fake_llama_server.pid]
+    )
     found, _ = run_probe(ctx)
-    assert found["logs.started"].data["t"] == pytest.approx(mtime - 1.227813 + 0.000844,
-                                                            abs=1e-4)
+    assert found["logs.started"].data["t"] == pytest.approx(mtime - 1.227813 + 0.000844, abs=1e-4)
 
 
 def test_llama_server_without_timestamps(tmp_path: Path) -> None:
-    found, out = run_probe(make_ctx([FIXTURES / "llama-server" / "old-build.log"],
-                                    url="http://127.0.0.1:8080", profile="llama-server",
-                                    failed_at="2025-11-23T10:00:00Z"))
-    assert found["logs.started"].data == {"t": None, "version": "4179",
-                                          "log": str(FIXTURES / "llama-server" / "old-build.log")}
+    found, out = run_probe(
+        make_ctx(
+            [FIXTURES / "llama-server" / "old-build.log"],
+            url="http://127.0.0.1:8080",
+            profile="llama-server",
+            failed_at="2025-11-23T10:00:00Z",
+        )
+    )
+    assert found["logs.started"].data == {
+        "t": None,
+        "version": "4179",
+        "log": str(FIXTURES / "llama-server" / "old-build.log"),
+    }
     assert found["logs.listening"].data["address"] == "127.0.0.1:8080"
     assert "logs.failed_before_ready" not in found and "logs.failed_after_ready" not in found
     assert out.timeline == [] and "no timestamps" in out.detail

@@ -56,8 +56,11 @@ def spawn() -> Iterator[Spawn]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(code: str, *args: str, env: Mapping[str, str] | None = None) -> int:
-        proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
-                                env=dict(env) if env is not None else None)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, *args],
+            stdout=subprocess.PIPE,
+            env=dict(env) if env is not None else None,
+        )
         procs.append(proc)
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 20)
@@ -98,17 +101,28 @@ def test_valid_model_is_ok(tmp_path: Path, spawn: Spawn) -> None:
     engine = spawn(IDLE)
     findings, _ = run_probe(path, (engine,))
     data = only(findings, "model.ok")
-    assert data == {"path": str(path), "size": size, "version": 3, "tensors": 3,
-                    "kv": data["kv"], "architecture": "qwen2"}
+    assert data == {
+        "path": str(path),
+        "size": size,
+        "version": 3,
+        "tensors": 3,
+        "kv": data["kv"],
+        "architecture": "qwen2",
+    }
     assert data["kv"] >= 4
-    assert not ids(findings) & {"model.open_by_other", "model.mapped_by_other",
-                                "model.locked_by_other", "model.truncated"}
+    assert not ids(findings) & {
+        "model.open_by_other",
+        "model.mapped_by_other",
+        "model.locked_by_other",
+        "model.truncated",
+    }
 
 
 def test_missing(tmp_path: Path) -> None:
     findings, _ = run_probe(tmp_path / "nope" / "m.gguf")
     assert only(findings, "model.missing") == {
-        "path": str(tmp_path / "nope" / "m.gguf"), "parent": str(tmp_path / "nope")
+        "path": str(tmp_path / "nope" / "m.gguf"),
+        "parent": str(tmp_path / "nope"),
     }
     assert ids(findings) == {"model.missing"}
 
@@ -142,8 +156,12 @@ def test_bad_magic(tmp_path: Path) -> None:
 def test_invalid_header(tmp_path: Path) -> None:
     path = tmp_path / "m.gguf"
     # GGUF v3 declaring 2^40 tensors in a 24-byte file
-    path.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + (1 << 40).to_bytes(8, "little")
-                     + (0).to_bytes(8, "little"))
+    path.write_bytes(
+        b"GGUF"
+        + (3).to_bytes(4, "little")
+        + (1 << 40).to_bytes(8, "little")
+        + (0).to_bytes(8, "little")
+    )
     findings, _ = run_probe(path)
     reason = only(findings, "model.invalid_header")["reason"]
     assert "tensor count" in reason
@@ -157,8 +175,12 @@ def test_truncated(tmp_path: Path) -> None:
     findings, _ = run_probe(cut)
     data = only(findings, "model.truncated")
     # f32 tensors of 1 MiB need no trailing padding: the table's extent is the whole file
-    assert data == {"path": str(cut), "size": cut_size, "expected": full_size,
-                    "missing": full_size - cut_size}
+    assert data == {
+        "path": str(cut),
+        "size": cut_size,
+        "expected": full_size,
+        "missing": full_size - cut_size,
+    }
     assert "model.ok" not in ids(findings)
 
 
@@ -175,8 +197,13 @@ def test_lock_held_by_other_while_engine_waits(tmp_path: Path, spawn: Spawn) -> 
         if data["waiters"] or time.monotonic() > end:
             break
         time.sleep(0.05)
-    assert data == {"holder_pid": holder, "holder_name": psutil.Process(holder).name(),
-                    "kind": "FLOCK", "mode": "WRITE", "waiters": [engine]}
+    assert data == {
+        "holder_pid": holder,
+        "holder_name": psutil.Process(holder).name(),
+        "kind": "FLOCK",
+        "mode": "WRITE",
+        "waiters": [engine],
+    }
     # the engine opening its own model is not "other"
     assert only(findings, "model.open_by_other")["pids"] == [holder]
 
@@ -236,4 +263,3 @@ def test_model_from_the_engine_environment(tmp_path: Path, spawn: Spawn) -> None
     findings, ctx = run_probe(None, (engine,))
     assert model_path(ctx) == (str(path), f"engine pid {engine}")
     assert only(findings, "model.ok")["path"] == str(path)
-

@@ -132,8 +132,17 @@ def test_llama_server_completion_body_counts_its_tokens() -> None:
 
 
 def test_llama_server_process_and_flags() -> None:
-    argv = ["/root/.cache/exsa-doctor/llama-server-11434.0.0/llama-server", "-m", "/m/x.gguf",
-            "--host", "127.0.0.1", "--port", "40123", "-c", "256"]
+    argv = [
+        "/root/.cache/exsa-doctor/llama-server-11434.0.0/llama-server",
+        "-m",
+        "/m/x.gguf",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "40123",
+        "-c",
+        "256",
+    ]
     assert LLAMA.matches_process("llama-server", argv[0], argv)
     assert LLAMA.port_from({}, argv) == 40123
     assert LLAMA.host_from({}, argv) == "127.0.0.1"
@@ -238,8 +247,15 @@ def test_vllm_health_answers() -> None:
 
 
 def test_vllm_process() -> None:
-    argv = ["/usr/bin/python3", "-m", "vllm.entrypoints.openai.api_server", "--model", "/m",
-            "--port", "8011"]
+    argv = [
+        "/usr/bin/python3",
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        "/m",
+        "--port",
+        "8011",
+    ]
     assert VLLM.matches_process("python3", "/usr/bin/python3.12", argv)
     assert VLLM.port_from({}, argv) == 8011 and VLLM.model_from({}, argv) == "/m"
     exe = "/usr/local/bin/vllm"
@@ -247,6 +263,7 @@ def test_vllm_process() -> None:
 
 
 # ------------------------------------------------------------------ detection from a log
+
 
 @pytest.mark.parametrize(
     ("engine", "name"),

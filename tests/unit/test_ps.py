@@ -54,7 +54,10 @@ def kill_if_same(pid: int, create_time: float) -> None:
 def ps_json() -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-m", "exsa_doctor", "ps", "--format", "json"],
-        check=False, capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
     )
     assert done.returncode == 0, done.stderr
     parsed: dict[str, Any] = json.loads(done.stdout)
@@ -77,7 +80,10 @@ def model(tmp_path: Path) -> Path:
 
 def standin_env(model: Path, port: int) -> dict[str, str]:
     return dict(
-        os.environ, MODEL_PATH=str(model), PORT=str(port), HOST="127.0.0.1",
+        os.environ,
+        MODEL_PATH=str(model),
+        PORT=str(port),
+        HOST="127.0.0.1",
         EXSA_STANDIN_LOAD_S="0.2",
     )
 
@@ -105,7 +111,10 @@ def test_ps_lists_a_running_instance_with_port_model_and_memory(
         assert r["age_s"] >= 0
         text = subprocess.run(
             [sys.executable, "-m", "exsa_doctor", "ps"],
-            check=False, capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT_S,
         ).stdout
         line = next(x for x in text.splitlines() if x.startswith(f"{engine.pid} "))
         assert f"127.0.0.1:{port}" in line and "exsa-engine" in line
@@ -132,7 +141,10 @@ def test_a_zombie_is_shown_as_a_zombie(tmp_path: Path) -> None:
         assert r["ports"] == []
         text = subprocess.run(
             [sys.executable, "-m", "exsa_doctor", "ps"],
-            check=False, capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT_S,
         ).stdout
         assert f"PID {proc.pid} is a zombie" in text
         line = next(x for x in text.splitlines() if x.startswith(f"{proc.pid} "))
@@ -147,9 +159,20 @@ def test_an_orphaned_instance_is_marked_orphaned(model: Path, tmp_path: Path) ->
     port = free_port()
     # the launcher shell starts the engine in the background and exits: the engine is orphaned
     launcher = subprocess.run(
-        ["/bin/sh", "-c", '"$@" >/dev/null 2>&1 </dev/null & echo $!', "sh",
-         sys.executable, "-m", "exsa_doctor.standin"],
-        check=True, capture_output=True, text=True, env=standin_env(model, port), timeout=60,
+        [
+            "/bin/sh",
+            "-c",
+            '"$@" >/dev/null 2>&1 </dev/null & echo $!',
+            "sh",
+            sys.executable,
+            "-m",
+            "exsa_doctor.standin",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=standin_env(model, port),
+        timeout=60,
     )
     pid = int(launcher.stdout.strip())
     created = psutil.Process(pid).create_time()

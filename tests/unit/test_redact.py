@@ -9,7 +9,14 @@ from exsa_doctor.redact import MASK, Redactor, is_secret_name
 
 
 def test_secret_names() -> None:
-    for name in ["API_KEY", "HF_TOKEN", "EXSA_RAG_POSTGRES_PASSWORD", "AUTH", "aws_secret", "DB_PASS"]:
+    for name in [
+        "API_KEY",
+        "HF_TOKEN",
+        "EXSA_RAG_POSTGRES_PASSWORD",
+        "AUTH",
+        "aws_secret",
+        "DB_PASS",
+    ]:
         assert is_secret_name(name)
     for name in ["PORT", "HOST", "MODEL_PATH", "CONTEXT_SIZE"]:
         assert not is_secret_name(name)
@@ -17,8 +24,11 @@ def test_secret_names() -> None:
 
 def test_environment_values_are_masked_and_remembered() -> None:
     r = Redactor()
-    env = {"HF_TOKEN": "hf_abcdefgh123", "PORT": "3000",
-           "EXSA_RAG_POSTGRES_URL": "postgres://rag:s3cr3tpw@db:5432/rag"}
+    env = {
+        "HF_TOKEN": "hf_abcdefgh123",
+        "PORT": "3000",
+        "EXSA_RAG_POSTGRES_URL": "postgres://rag:s3cr3tpw@db:5432/rag",
+    }
     r.learn_environment(env)
     out = r.environment(env)
     assert out["HF_TOKEN"] == MASK and out["PORT"] == "3000"
@@ -31,11 +41,19 @@ def test_environment_values_are_masked_and_remembered() -> None:
 
 def test_structural_patterns() -> None:
     r = Redactor()
-    text = ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.abc.def "
-            "exsa-engine --api-key sk-live-12345678 --token=tok_abcdefgh "
-            "mysql://u:p4ssw0rd!@h/db API_KEY=zzzzzzzzzz")
+    text = (
+        "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.abc.def "
+        "exsa-engine --api-key sk-live-12345678 --token=tok_abcdefgh "
+        "mysql://u:p4ssw0rd!@h/db API_KEY=zzzzzzzzzz"
+    )
     out = r.text(text)
-    for secret in ["eyJhbGciOiJIUzI1NiJ9", "sk-live-12345678", "tok_abcdefgh", "p4ssw0rd!", "zzzzzzzzzz"]:
+    for secret in [
+        "eyJhbGciOiJIUzI1NiJ9",
+        "sk-live-12345678",
+        "tok_abcdefgh",
+        "p4ssw0rd!",
+        "zzzzzzzzzz",
+    ]:
         assert secret not in out, (secret, out)
     assert out.count(MASK) >= 5
 
@@ -47,8 +65,11 @@ def test_argv_learns_and_masks() -> None:
     assert "sk-abcdefgh" not in r.text("later the log said sk-abcdefgh")
 
 
-@given(st.text(min_size=6, max_size=40).filter(lambda s: s.strip() == s and len(s) >= 6),
-       st.text(max_size=200), st.text(max_size=200))
+@given(
+    st.text(min_size=6, max_size=40).filter(lambda s: s.strip() == s and len(s) >= 6),
+    st.text(max_size=200),
+    st.text(max_size=200),
+)
 def test_a_known_secret_never_survives(secret: str, before: str, after: str) -> None:
     r = Redactor([secret])
     out = r.text(before + secret + after)

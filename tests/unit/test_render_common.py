@@ -29,8 +29,7 @@ def ev(t: float, event: str, source: str = "log") -> TimelineEvent:
         ("log", "model loaded (12.08 s)", "model-loaded"),
         ("log", "starting HTTP server on 127.0.0.1:3000", "http-starting"),
         ("log", "listening on http://127.0.0.1:3000", "listening"),
-        ("log", "bind failed: 127.0.0.1:3000: Address already in use (os error 98)",
-         "bind-failed"),
+        ("log", "bind failed: 127.0.0.1:3000: Address already in use (os error 98)", "bind-failed"),
         ("log", "model error: llama_model_load: error loading model", "model-error"),
         ("log", "model path unset: MODEL_PATH environment variable must be set", "model-error"),
         ("log", "mmap failed: failed to mmap", "error"),
@@ -57,10 +56,13 @@ def test_event_kind(source: str, event: str, kind: str) -> None:
 
 def test_view_starts_at_the_last_start_before_the_failure() -> None:
     events = [
-        ev(0.0, "engine started"), ev(5.0, "bind failed: x: in use"),  # an earlier attempt
+        ev(0.0, "engine started"),
+        ev(5.0, "bind failed: x: in use"),  # an earlier attempt
         ev(99.996, "engine process started (PID 7)", "processes"),  # same start, seen twice
-        ev(100.0, "engine started"), ev(100.01, "model validated"),
-        ev(112.0, "model loaded (12 s)"), ev(112.01, "listening on x"),
+        ev(100.0, "engine started"),
+        ev(100.01, "model validated"),
+        ev(112.0, "model loaded (12 s)"),
+        ev(112.01, "listening on x"),
         ev(140.0, "health: ready", "probe"),
     ]
     view = timeline_view(events, failed_at=103.0)
@@ -74,9 +76,7 @@ def test_view_starts_at_the_last_start_before_the_failure() -> None:
 
 def test_request_relations() -> None:
     start = [ev(10.0, "engine started")]
-    assert timeline_view(start, 4.0).request_vs_ready() == (
-        "6.00 s before the engine even started"
-    )
+    assert timeline_view(start, 4.0).request_vs_ready() == ("6.00 s before the engine even started")
     failed = [*start, ev(10.2, "bind failed: x: in use")]
     assert timeline_view(failed, 11.0).request_vs_ready() == "after the engine had failed"
     ready = [*start, ev(10.2, "listening on x")]

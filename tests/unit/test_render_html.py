@@ -37,8 +37,10 @@ def parse(html: str) -> Elements:
 def by(p: Elements, **want: str) -> list[dict[str, str]]:
     found = []
     for _tag, attrs in p.tags:
-        if all((k == "class" and v in attrs.get("class", "").split()) or attrs.get(k) == v
-               for k, v in want.items()):
+        if all(
+            (k == "class" and v in attrs.get("class", "").split()) or attrs.get(k) == v
+            for k, v in want.items()
+        ):
             found.append(attrs)
     return found
 

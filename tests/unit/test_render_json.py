@@ -51,15 +51,29 @@ def test_contract_keys_and_values_of_the_race() -> None:
     d = samples.race()
     doc = _strict_load(render(d))
     assert list(doc) == [
-        "schema_version", "tool", "target", "started_at", "duration_s", "verdict",
-        "failed_at", "causes", "findings", "probes", "timeline",
+        "schema_version",
+        "tool",
+        "target",
+        "started_at",
+        "duration_s",
+        "verdict",
+        "failed_at",
+        "causes",
+        "findings",
+        "probes",
+        "timeline",
     ]
     assert doc["schema_version"] == 1
     assert doc["tool"] == {"name": "exsa-doctor", "version": "0.1.0"}
     assert doc["target"] == {
-        "url": "http://127.0.0.1:3000", "host": "127.0.0.1", "port": 3000,
-        "model": samples.MODEL, "logs": [samples.LOG], "pids": [17939],
-        "profile": "exsa-engine", "profile_reason": d.target.profile_reason,
+        "url": "http://127.0.0.1:3000",
+        "host": "127.0.0.1",
+        "port": 3000,
+        "model": samples.MODEL,
+        "logs": [samples.LOG],
+        "pids": [17939],
+        "profile": "exsa-engine",
+        "profile_reason": d.target.profile_reason,
     }
     assert doc["verdict"] == "unhealthy"
     assert doc["started_at"] == "2025-11-23T23:42:31.502Z"
@@ -68,7 +82,8 @@ def test_contract_keys_and_values_of_the_race() -> None:
     assert set(top) == {"id", "title", "probability", "prior", "impact", "evidence", "remediation"}
     assert top["id"] == "race-condition"
     assert top["evidence"][0] == {
-        "finding": "logs.failed_before_ready", "weight": 60.0,
+        "finding": "logs.failed_before_ready",
+        "weight": 60.0,
         "summary": d.finding("logs.failed_before_ready").summary,  # type: ignore[union-attr]
     }
     assert top["remediation"][0]["commands"][0] == (
@@ -80,10 +95,14 @@ def test_contract_keys_and_values_of_the_race() -> None:
     assert {p["name"]: p["status"] for p in doc["probes"]}["stack"] == "skipped"
     assert set(doc["findings"][0]) == {"probe", "id", "status", "summary", "data"}
     client = [e for e in doc["timeline"] if e["source"] == "client"]
-    assert client == [{
-        "t": "2025-11-23T23:41:56.127Z", "t_epoch": d.failed_at,
-        "source": "client", "event": "request failed",
-    }]
+    assert client == [
+        {
+            "t": "2025-11-23T23:41:56.127Z",
+            "t_epoch": d.failed_at,
+            "source": "client",
+            "event": "request failed",
+        }
+    ]
     assert all(ISO_MS.match(e["t"]) for e in doc["timeline"])
     assert [e["t_epoch"] for e in doc["timeline"]] == sorted(e["t_epoch"] for e in doc["timeline"])
 

@@ -48,8 +48,10 @@ def test_race_summary() -> None:
     md = render(d)
     assert md.startswith("## exsa-doctor: ❌ **unhealthy** — `http://127.0.0.1:3000`")
     assert "> **Most likely:** The client asked before the engine finished loading" in md
-    assert "| 1 | The client asked before the engine finished loading (`race-condition`) " \
-           "| **97%** | high | 1 for, 1 against |" in md
+    assert (
+        "| 1 | The client asked before the engine finished loading (`race-condition`) "
+        "| **97%** | high | 1 for, 1 against |" in md
+    )
     fenced = _fenced_lines(md)
     for step in d.causes[0].remediation:
         for cmd in step.commands:

@@ -50,8 +50,12 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> Diagnosis:
         encoding="utf-8",
     )
     target = resolve_target(
-        url=f"http://127.0.0.1:{port}", model=model, logs=[log],
-        failed_at=str(t0 + 3.0), timeout_s=8.0, environ={},
+        url=f"http://127.0.0.1:{port}",
+        model=model,
+        logs=[log],
+        failed_at=str(t0 + 3.0),
+        timeout_s=8.0,
+        environ={},
     )
     return diagnose(target, select())
 

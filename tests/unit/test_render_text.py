@@ -109,8 +109,11 @@ def test_hostile_strings_cannot_drive_the_terminal_or_inject_markup() -> None:
     d = samples.hostile()
     top = d.causes[0]
     d = dataclasses.replace(
-        d, causes=(dataclasses.replace(top, title="[bold red]x[/bold red] [link=http://e]"),
-                   *d.causes[1:]),
+        d,
+        causes=(
+            dataclasses.replace(top, title="[bold red]x[/bold red] [link=http://e]"),
+            *d.causes[1:],
+        ),
     )
     for color in (False, True):
         out = render(d, color=color)

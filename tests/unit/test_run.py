@@ -109,7 +109,7 @@ def test_then_exit_code_passes_through_and_nothing_is_left(
         f"json.dump(dict(pid=int(os.environ['EXSA_PID']), port=int(os.environ['EXSA_PORT']), "
         f"url=os.environ['EXSA_URL'], status=h['status']), open({str(seen)!r}, 'w'))"
     )
-    then = f"{sys.executable} -c \"{probe}\" && exit {code}"
+    then = f'{sys.executable} -c "{probe}" && exit {code}'
     engine_pid = None
     try:
         done = run_cli(["--port", "auto", "--then", then, "--", *STANDIN], run_env(model, tmp_path))
@@ -127,9 +127,7 @@ def test_then_exit_code_passes_through_and_nothing_is_left(
             kill_if_ours(engine_pid, None)
 
 
-def test_a_squatter_on_the_port_is_refused_with_its_pid_named(
-    model: Path, tmp_path: Path
-) -> None:
+def test_a_squatter_on_the_port_is_refused_with_its_pid_named(model: Path, tmp_path: Path) -> None:
     port = free_port()
     squatter = subprocess.Popen(
         [
@@ -167,8 +165,18 @@ def test_a_signal_to_run_mid_then_tears_everything_down(
     ids = tmp_path / "ids"
     then = f"echo $EXSA_PID $$ > {ids}.tmp && mv {ids}.tmp {ids} && sleep 60"
     runner = subprocess.Popen(
-        [sys.executable, "-m", "exsa_doctor", "run", "--port", "auto", "--then", then,
-         "--", *STANDIN],
+        [
+            sys.executable,
+            "-m",
+            "exsa_doctor",
+            "run",
+            "--port",
+            "auto",
+            "--then",
+            then,
+            "--",
+            *STANDIN,
+        ],
         env=run_env(model, tmp_path),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -182,9 +190,7 @@ def test_a_signal_to_run_mid_then_tears_everything_down(
         wait_for(lambda: bool(shell.children()))
         sleeper = shell.children()[0]
         engine = psutil.Process(engine_pid)
-        tracked = [
-            (p.pid, p.create_time()) for p in (engine, shell, sleeper)
-        ]
+        tracked = [(p.pid, p.create_time()) for p in (engine, shell, sleeper)]
         assert engine.ppid() == runner.pid
         runner.send_signal(signum)
         _, err = runner.communicate(timeout=CLI_TIMEOUT_S)
@@ -205,8 +211,7 @@ def test_start_up_failure_is_diagnosed_and_reported(model: Path, tmp_path: Path)
     report_dir = tmp_path / "reports"
     env = run_env(model, tmp_path, EXSA_STANDIN_MODE="model-error")
     done = run_cli(
-        ["--port", "auto", "--report-dir", str(report_dir), "--then", "exit 0", "--",
-         *STANDIN],
+        ["--port", "auto", "--report-dir", str(report_dir), "--then", "exit 0", "--", *STANDIN],
         env,
     )
     match = re.search(r"process up \(PID (\d+)\)", done.stderr) or re.search(

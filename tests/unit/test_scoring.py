@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exsa_doctor.causes import load_causes, parse_causes, CauseTableError
+from exsa_doctor.causes import CauseTableError, load_causes, parse_causes
 from exsa_doctor.model import Cause, Finding, Level, RemediationTemplate, Verdict
 from exsa_doctor.scoring import fill, score, verdict
 
@@ -19,7 +19,11 @@ def f(fid: str, level: Level = Level.ERROR, **data: object) -> Finding:
 
 def cause(cid: str, prior: float, **evidence: float) -> Cause:
     return Cause(
-        id=cid, title=cid, prior=prior, impact="high", description="",
+        id=cid,
+        title=cid,
+        prior=prior,
+        impact="high",
+        description="",
         evidence={k.replace("__", "."): v for k, v in evidence.items()},
         remediation=(RemediationTemplate(text="fix", commands=("kill {a.b:pid}",)),),
     )
@@ -77,9 +81,13 @@ def test_verdict_needs_supporting_evidence_not_only_a_prior() -> None:
 
 def test_healthy_engine_drives_every_shipped_cause_below_half() -> None:
     findings = [
-        f("health.ok", Level.OK), f("generation.ok", Level.OK), f("model.ok", Level.OK),
-        f("processes.running", Level.INFO), f("port.listening_engine", Level.OK),
-        f("logs.listening", Level.OK), f("logs.model_loaded", Level.OK),
+        f("health.ok", Level.OK),
+        f("generation.ok", Level.OK),
+        f("model.ok", Level.OK),
+        f("processes.running", Level.INFO),
+        f("port.listening_engine", Level.OK),
+        f("logs.listening", Level.OK),
+        f("logs.model_loaded", Level.OK),
     ]
     ranked = score(load_causes(), findings)
     assert all(c.probability < 0.5 for c in ranked), [(c.id, c.probability) for c in ranked]

@@ -68,7 +68,11 @@ def engine(tmp_path: Path) -> Iterator[Start]:
     files = []
 
     def start(
-        model: Path | None, *, port: int = 0, mode: str = "ok", load_s: float = 0.1,
+        model: Path | None,
+        *,
+        port: int = 0,
+        mode: str = "ok",
+        load_s: float = 0.1,
         log: Path | None = None,
     ) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if k not in ("MODEL_PATH", "PORT", "HOST")}
@@ -79,9 +83,19 @@ def engine(tmp_path: Path) -> Iterator[Start]:
         out = open(log or tmp_path / "engine.log", "ab")  # noqa: SIM115
         files.append(out)
         popen = subprocess.Popen(
-            [sys.executable, "-m", "exsa_doctor.standin", "--mode", mode,
-             "--load-seconds", str(load_s)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "exsa_doctor.standin",
+                "--mode",
+                mode,
+                "--load-seconds",
+                str(load_s),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
         started.append(popen)
         return popen
@@ -180,7 +194,9 @@ def test_truncated_model_fails_with_llama_cpp_error(engine: Start, tmp_path: Pat
     assert "Model validation passed" in text
     assert re.search(
         r"llama_model_load: error loading model: tensor '[^']+' data is not within the file "
-        r"bounds, model is corrupted or incomplete", text)
+        r"bounds, model is corrupted or incomplete",
+        text,
+    )
     assert "ERROR exsa_engine: Failed to initialize inference engine:" in text
 
 
@@ -201,8 +217,16 @@ def test_loads_before_binding_then_serves_and_shuts_down(
     body = httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=2.0).json()
     assert body["status"] == "healthy" and body["model_loaded"] is True
     assert set(body) >= {
-        "status", "version", "model_loaded", "model_path", "context_size", "gpu_layers",
-        "active_requests", "queue_size", "queue_capacity", "uptime_seconds",
+        "status",
+        "version",
+        "model_loaded",
+        "model_path",
+        "context_size",
+        "gpu_layers",
+        "active_requests",
+        "queue_size",
+        "queue_capacity",
+        "uptime_seconds",
     }
     assert body["model_path"] == str(model)
     status = httpx.get(f"http://127.0.0.1:{port}/v1/status", timeout=2.0).json()
@@ -218,11 +242,15 @@ def test_loads_before_binding_then_serves_and_shuts_down(
     assert proc.wait(10) == 0
     text = read(log)
     order = [
-        "Starting Exsa-Engine v", "  Path: ", "Model validation passed: ",
-        "Model loaded successfully", "Starting HTTP server on 127.0.0.1:",
+        "Starting Exsa-Engine v",
+        "  Path: ",
+        "Model validation passed: ",
+        "Model loaded successfully",
+        "Starting HTTP server on 127.0.0.1:",
         f"Server listening on http://127.0.0.1:{port}",
         "Received generation request with prompt length: 5 chars",
-        "Generation complete: cached_tokens=", "Server shut down gracefully",
+        "Generation complete: cached_tokens=",
+        "Server shut down gracefully",
     ]
     positions = [text.find(marker) for marker in order]
     assert all(p >= 0 for p in positions), dict(zip(order, positions, strict=True))
@@ -232,8 +260,9 @@ def test_loads_before_binding_then_serves_and_shuts_down(
 
 def _generate(port: int, max_tokens: int) -> list[dict[str, object]]:
     body = {"prompt": "Hello", "sampling_params": {"max_tokens": max_tokens}}
-    with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/generate", json=body,
-                      timeout=5.0) as resp:
+    with httpx.stream(
+        "POST", f"http://127.0.0.1:{port}/v1/generate", json=body, timeout=5.0
+    ) as resp:
         assert resp.status_code == 200
         assert resp.headers["content-type"].startswith("text/event-stream")
         return [json.loads(line[5:]) for line in resp.iter_lines() if line.startswith("data:")]
@@ -249,7 +278,9 @@ def test_bind_failure_reports_the_real_errno(engine: Start, model: Path, tmp_pat
     text = read(tmp_path / "engine.log")
     assert re.search(
         rf"ERROR exsa_engine: Failed to bind to 127\.0\.0\.1:{port}: "
-        r"Address already in use \(os error 98\)", text)
+        r"Address already in use \(os error 98\)",
+        text,
+    )
     assert "Server listening" not in text
 
 
@@ -261,8 +292,7 @@ def test_zero_tokens_and_overloaded_modes(engine: Start, model: Path, tmp_path: 
     assert _generate(zero, max_tokens=8) == [{"token": "", "done": True}]
     health = httpx.get(f"http://127.0.0.1:{busy}/v1/health", timeout=2.0).json()
     assert health["status"] == "overloaded"
-    resp = httpx.post(f"http://127.0.0.1:{busy}/v1/generate",
-                      json={"prompt": "Hello"}, timeout=2.0)
+    resp = httpx.post(f"http://127.0.0.1:{busy}/v1/generate", json={"prompt": "Hello"}, timeout=2.0)
     assert resp.status_code == 503
     assert resp.json() == {"error": "Server is at capacity"}
 
@@ -288,9 +318,7 @@ def test_failing_load_modes(
         assert "(simulated)" not in text  # the RLIMIT_AS cap made mmap fail for real
 
 
-def test_flock_mode_blocks_while_another_process_holds_the_lock(
-    engine: Start, model: Path
-) -> None:
+def test_flock_mode_blocks_while_another_process_holds_the_lock(engine: Start, model: Path) -> None:
     if not Path("/proc/locks").exists():
         pytest.skip("needs /proc/locks (Linux)")
     port = free_port()

@@ -124,8 +124,14 @@ def test_wait_stops_early_when_the_engine_dies_during_start_up(tmp_path: Path) -
         env = dict(os.environ, MODEL_PATH=str(truncated))  # as the start script exported it
         # a 600 s timeout: only the engine's exit can end this wait within CLI_TIMEOUT_S
         done = run_wait(
-            "--url", f"http://127.0.0.1:{port}", "--timeout", "600",
-            "--pid", str(engine.pid), "--log", str(log),
+            "--url",
+            f"http://127.0.0.1:{port}",
+            "--timeout",
+            "600",
+            "--pid",
+            str(engine.pid),
+            "--log",
+            str(log),
             env=env,
         )
         assert done.returncode == 1, done.stderr
@@ -144,8 +150,14 @@ def test_wait_on_a_hung_engine_times_out_naming_the_hang(model: Path, tmp_path: 
     engine = start_standin(model, port, log, mode="hang", load_s=1.0)
     try:
         done = run_wait(
-            "--url", f"http://127.0.0.1:{port}", "--timeout", "5",
-            "--pid", str(engine.pid), "--log", str(log),
+            "--url",
+            f"http://127.0.0.1:{port}",
+            "--timeout",
+            "5",
+            "--pid",
+            str(engine.pid),
+            "--log",
+            str(log),
         )
         assert done.returncode == 1, done.stderr
         assert "timed out after 5.0 s" in done.stderr
