@@ -105,6 +105,10 @@ class Log:
 # ---------------------------------------------------------------------------------- config
 
 
+# set once from --api-key before the server starts; read by the request handlers
+API_KEY: list[str] = [""]
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the stand-in reads from its environment and flags."""
@@ -553,6 +557,9 @@ class Handler(BaseHTTPRequestHandler):
         if path != "/v1/generate":
             self._json(404, {"error": f"Not found: {path}"})
             return
+        if API_KEY[0] and self.headers.get("Authorization", "") != f"Bearer {API_KEY[0]}":
+            self._json(401, {"error": "Invalid or missing API key"})
+            return
         body = self._read_json()
         if isinstance(body, str):
             self._json(400, {"error": f"Invalid parameters: {body}"})
@@ -751,7 +758,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--load-seconds", type=float, help="model load time (default: $EXSA_STANDIN_LOAD_S or 0.5)"
     )
+    parser.add_argument(
+        "--api-key",
+        help="require 'Authorization: Bearer KEY' on /v1/generate (as API-keyed servers do)",
+    )
     args = parser.parse_args(argv)
+    if args.api_key:
+        API_KEY[0] = args.api_key
     log = Log(sys.stdout, sys.stderr)
     try:
         cfg = config_from(os.environ, mode=args.mode, load_s=args.load_seconds)

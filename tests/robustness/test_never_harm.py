@@ -302,7 +302,13 @@ SECRETS = {
     "HF_TOKEN": "hf_Zq8secretTOKENvalue1234",
     "DATABASE_URL": "postgres://svc:pw-Sekr3tPart@db.internal/x",
 }
-SECRET_STRINGS = ("hf_Zq8secretTOKENvalue1234", "pw-Sekr3tPart", "sk-BearerValue0987654321")
+ARGV_SECRET = "sk-argv-Key77665544"
+SECRET_STRINGS = (
+    "hf_Zq8secretTOKENvalue1234",
+    "pw-Sekr3tPart",
+    "sk-BearerValue0987654321",
+    ARGV_SECRET,
+)
 
 
 def _fingerprint(root: Path) -> dict[str, tuple[int, int, bytes]]:
@@ -337,7 +343,8 @@ def engine_with_secrets(procs: Procs, tmp_path: Path) -> tuple[int, Path, Path, 
     }
     with engine_log.open("wb") as out:
         engine = procs.start(
-            [sys.executable, "-m", "exsa_doctor.standin"],
+            # a secret on the engine's command line, too
+            [sys.executable, "-m", "exsa_doctor.standin", "--api-key", ARGV_SECRET],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -428,3 +435,4 @@ def test_writes_only_the_output_and_bundles_no_secrets(
     ours = [r for r in rows if r["environment"] and r["environment"].get("PORT") == str(port)]
     assert ours, "the engine's row is missing from processes.json"
     assert ours[0]["environment"]["HF_TOKEN"] == "[REDACTED]"
+    assert "--api-key" in ours[0]["cmdline"] and "[REDACTED]" in ours[0]["cmdline"]
