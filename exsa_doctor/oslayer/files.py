@@ -285,3 +285,11 @@ def holders_lsof(
         method="lsof",
         notes=notes,
     )
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name one file: by inode when both exist, else by absolute path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(os.fspath(a)) == os.path.abspath(os.fspath(b))

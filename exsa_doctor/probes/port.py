@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import ipaddress
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import psutil
 
 from exsa_doctor.context import Context
 from exsa_doctor.model import Level
+from exsa_doctor.oslayer.files import same_file
 from exsa_doctor.oslayer.procs import engine_from, identify
 from exsa_doctor.oslayer.sockets import listeners_of, listening_ports_of, resolve_localhost
 from exsa_doctor.oslayer.types import EngineProcess, Listener, ListenerScan
@@ -512,7 +512,7 @@ class PortProbe(Probe):
         if target.model is not None and not target.pids:
             # another instance serving another model is somebody else's engine, not ours
             # on the wrong port
-            live = [e for e in live if e.model is None or _same_file(e.model, target.model)]
+            live = [e for e in live if e.model is None or same_file(e.model, target.model)]
         if not live:
             return 0
         live.sort(key=lambda e: -(e.info.create_time or 0.0))  # newest first
@@ -587,11 +587,3 @@ def _health_path(ctx: Context, profile_name: str) -> str:
 
 
 __all__ = ["PortProbe", "covers", "format_address", "shared_listeners", "url_for"]
-
-
-def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
-    """Whether two paths name one file (by inode when both exist, else by normalised path)."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.normpath(os.fspath(a)) == os.path.normpath(os.fspath(b))

@@ -35,6 +35,7 @@ from exsa_doctor.model import Level
 from exsa_doctor.oslayer.types import EngineProcess
 from exsa_doctor.probes.base import Probe, ProbeOutput
 from exsa_doctor.probes.health import check_health, observe_health
+from exsa_doctor.probes.modelfile import model_path
 
 DEFAULT_WINDOW_S = 0.6
 CONNECT_EVERY_S = 0.1
@@ -218,17 +219,9 @@ class Watch:
 
 
 def _model_path(ctx: Context, engines: Sequence[EngineProcess]) -> str | None:
-    try:
-        from exsa_doctor.probes.modelfile import model_path
-    except ImportError:
-        model_path = None  # type: ignore[assignment]
-    if model_path is not None:
-        found = model_path(ctx)
-        if found is not None:
-            return found[0]
-    if ctx.target.model is not None:
-        return str(ctx.target.model)
-    return next((e.model for e in engines if e.model), None)
+    """The model under diagnosis (the model probe's answer), else this engine's own."""
+    found = model_path(ctx)
+    return found[0] if found is not None else next((e.model for e in engines if e.model), None)
 
 
 def live_engines(ctx: Context) -> list[EngineProcess]:

@@ -36,6 +36,7 @@ from exsa_doctor.model import Level
 from exsa_doctor.oslayer.types import EngineProcess, LockHolder
 from exsa_doctor.probes.base import Probe, ProbeOutput
 from exsa_doctor.probes.health import observe_health
+from exsa_doctor.probes.modelfile import model_path
 
 MAX_THREADS = 256
 MAX_DUMP_BYTES = 16 * 1024
@@ -255,17 +256,9 @@ def _model_holders(ctx: Context) -> tuple[LockHolder, ...]:
 
 
 def _model_path(ctx: Context, engine: EngineProcess) -> str | None:
-    try:
-        from exsa_doctor.probes.modelfile import model_path
-    except ImportError:
-        model_path = None  # type: ignore[assignment]
-    if model_path is not None:
-        found = model_path(ctx)
-        if found is not None:
-            return found[0]
-    if ctx.target.model is not None:
-        return os.path.abspath(str(ctx.target.model))
-    return engine.model
+    """The model under diagnosis (the model probe's answer), else this engine's own."""
+    found = model_path(ctx)
+    return found[0] if found is not None else engine.model
 
 
 def is_python(engine: EngineProcess) -> bool:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from exsa_doctor.oslayer.files import same_file
 from exsa_doctor.oslayer.types import EngineProcess
 from exsa_doctor.profiles import Profile, all_builtin
 from exsa_doctor.supervise.signals import (
@@ -100,13 +101,6 @@ class Report:
 
 def _cmd(info_cmdline: Sequence[str], name: str) -> str:
     return shlex.join(info_cmdline) if info_cmdline else f"[{name}]"
-
-
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.abspath(a) == os.path.abspath(b)
 
 
 def _describe(pid: int) -> str:
@@ -257,7 +251,7 @@ def _stale_reasons(
     if model is not None:
         if eng.pid in model_holders:
             reasons.append(f"has the model {model} open or mapped")
-        elif eng.model and _same_file(eng.model, model):
+        elif eng.model and same_file(eng.model, model):
             reasons.append(f"was started with the model {model}")
     if reasons and info.orphaned:
         reasons.append(f"orphaned (parent now PID {info.ppid})")

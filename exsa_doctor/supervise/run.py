@@ -38,6 +38,7 @@ from types import FrameType
 from typing import IO, Any
 
 from exsa_doctor.model import Diagnosis
+from exsa_doctor.oslayer.files import same_file
 from exsa_doctor.oslayer.types import EngineProcess
 from exsa_doctor.profiles import Profile, all_builtin
 from exsa_doctor.supervise.signals import (
@@ -228,13 +229,6 @@ def port_owners(port: int, host: str | None = None) -> tuple[list[int], list[str
     return pids, lines
 
 
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.abspath(a) == os.path.abspath(b)
-
-
 def engine_conflicts(
     port: int, model: str | None, engines: Sequence[EngineProcess]
 ) -> list[Problem]:
@@ -262,7 +256,7 @@ def engine_conflicts(
                     (eng.pid,),
                 )
             )
-        elif model and eng.model and _same_file(eng.model, model):
+        elif model and eng.model and same_file(eng.model, model):
             problems.append(
                 Problem(
                     "engine",
