@@ -169,6 +169,7 @@ class Diagnosis:
     probes: tuple[ProbeResult, ...]
     timeline: tuple[TimelineEvent, ...]
     failed_at: float | None = None
+    hostname: str = ""  # the machine the diagnosis ran on (fleet triage groups by it)
 
     @property
     def top_cause(self) -> RankedCause | None:

@@ -7,6 +7,7 @@ timeout or the run's deadline becomes a `timeout` row; the run always finishes i
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import traceback
@@ -151,4 +152,5 @@ def diagnose(target: Target, probes: Sequence[Probe]) -> Diagnosis:
         probes=tuple(results),
         timeline=tuple(timeline),
         failed_at=target.failed_at,
+        hostname=socket.gethostname(),
     )

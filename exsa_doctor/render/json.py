@@ -117,7 +117,11 @@ def report(diagnosis: Diagnosis) -> dict[str, Any]:
     causes = sorted(diagnosis.causes, key=lambda c: -c.probability)  # stable: ties keep order
     doc = {
         "schema_version": SCHEMA_VERSION,
-        "tool": {"name": TOOL_NAME, "version": diagnosis.tool_version},
+        "tool": {
+            "name": TOOL_NAME,
+            "version": diagnosis.tool_version,
+            "hostname": diagnosis.hostname,
+        },
         "target": {
             "url": t.url,
             "host": t.host,

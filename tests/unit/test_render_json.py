@@ -64,7 +64,7 @@ def test_contract_keys_and_values_of_the_race() -> None:
         "timeline",
     ]
     assert doc["schema_version"] == 1
-    assert doc["tool"] == {"name": "exsa-doctor", "version": "0.1.0"}
+    assert doc["tool"] == {"name": "exsa-doctor", "version": "0.1.0", "hostname": ""}
     assert doc["target"] == {
         "url": "http://127.0.0.1:3000",
         "host": "127.0.0.1",
