@@ -449,6 +449,10 @@ def demo(
     list_scenarios: Annotated[
         bool, typer.Option("--list", help="List the scenarios and exit.")
     ] = False,
+    watch: Annotated[
+        float | None,
+        typer.Option("--watch", help="Watch the engine this long (default: the scenario's own)."),
+    ] = None,
 ) -> None:
     """Build a real failure on this machine (stand-in engine), diagnose it, clean up."""
     from exsa_doctor.scenarios import BUILDERS
@@ -467,7 +471,9 @@ def demo(
     from exsa_doctor.scenarios import ScenarioError
 
     try:
-        diagnosis = run_demo(scenario, timeout=timeout)
+        if watch is not None and not 0 <= watch <= 600:
+            fail_usage("--watch must be between 0 and 600 seconds")
+        diagnosis = run_demo(scenario, timeout=timeout, watch=watch)
     except ScenarioError as exc:
         sys.stderr.write(f"exsa-doctor: demo: could not build scenario {scenario}: {exc}\n")
         raise typer.Exit(EXIT_INCONCLUSIVE) from None

@@ -24,11 +24,11 @@ if TYPE_CHECKING:
 DEFAULT_SCENARIO = "race"
 
 
-def scenario_target(sc: Scenario, timeout: float = 10.0) -> Target:
+def scenario_target(sc: Scenario, timeout: float = 10.0, watch: float | None = None) -> Target:
     """The target a user of this scenario would give: its URL, model, log and failure time."""
     from exsa_doctor.cli import build_target
 
-    watch = sc.watch_s
+    watch = sc.watch_s if watch is None else watch
     if watch and watch + 2 > timeout:
         timeout = watch + 2.0  # as `diagnose` does: watching is never cut short by the bound
     target: Target = build_target(
@@ -43,12 +43,12 @@ def scenario_target(sc: Scenario, timeout: float = 10.0) -> Target:
     return target
 
 
-def diagnose_scenario(sc: Scenario, timeout: float = 10.0) -> Diagnosis:
+def diagnose_scenario(sc: Scenario, timeout: float = 10.0, watch: float | None = None) -> Diagnosis:
     """Run every probe against the scenario, exactly as `exsa-doctor diagnose` would."""
     from exsa_doctor import probes
     from exsa_doctor.runner import diagnose
 
-    return diagnose(scenario_target(sc, timeout), probes.select())
+    return diagnose(scenario_target(sc, timeout, watch), probes.select())
 
 
 @contextmanager
@@ -78,6 +78,7 @@ def run_demo(
     name: str = DEFAULT_SCENARIO,
     timeout: float = 10.0,
     notify: Callable[[str], None] | None = _stderr,
+    watch: float | None = None,
 ) -> Diagnosis:
     """Build `name`, diagnose it, always clean up. KeyError for an unknown scenario."""
     if name not in names():
@@ -88,7 +89,7 @@ def run_demo(
             if notify:
                 notify(f"scenario {sc.name}: {sc.title}")
                 notify(f"diagnosing {sc.url} (model {sc.model}, log {sc.log})")
-            return diagnose_scenario(sc, timeout)
+            return diagnose_scenario(sc, timeout, watch)
         finally:
             if notify:
                 notify(f"cleaning up (stopping PIDs {', '.join(map(str, sc.pids)) or 'none'})")

@@ -63,9 +63,12 @@ def test_demo_ctrl_c_still_cleans_up() -> None:
 
     # A background shell starts jobs with SIGINT ignored, and an ignored signal stays ignored
     # across exec: restore the default first, so Ctrl-C reaches the demo as it would at a tty.
+    # --watch 30 keeps the diagnosis busy, so the Ctrl-C lands mid-diagnosis even on a loaded
+    # machine (without it, a slow reader could send it after the demo had already finished).
     exec_with_sigint = (
         "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-        "os.execv(sys.executable, [sys.executable, '-m', 'exsa_doctor', 'demo', 'hung'])"
+        "os.execv(sys.executable, [sys.executable, '-m', 'exsa_doctor', 'demo', 'hung', "
+        "'--watch', '30'])"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", exec_with_sigint], stdout=subprocess.PIPE, stderr=subprocess.PIPE
