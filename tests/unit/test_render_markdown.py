@@ -7,6 +7,7 @@ import re
 import pytest
 import sample_diagnosis as samples
 
+from exsa_doctor.render.common import percent
 from exsa_doctor.render.markdown import code, render, text
 
 UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
@@ -50,7 +51,7 @@ def test_race_summary() -> None:
     assert "> **Most likely:** The client asked before the engine finished loading" in md
     assert (
         "| 1 | The client asked before the engine finished loading (`race-condition`) "
-        "| **97%** | high | 1 for, 1 against |" in md
+        f"| **{percent(d.causes[0].probability)}** | high | 1 for, 1 against |" in md
     )
     fenced = _fenced_lines(md)
     for step in d.causes[0].remediation:
