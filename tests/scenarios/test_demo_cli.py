@@ -93,8 +93,8 @@ def test_demo_ctrl_c_still_cleans_up() -> None:
             proc.kill()
             proc.wait(10)
     err += rest
-    # 130 is how Python reports the KeyboardInterrupt it handled; now and then (about 1 run in 8
-    # here) the process is instead ended by the SIGINT itself *after* its cleanup ran, during
+    # 130 is how Python reports the KeyboardInterrupt it handled; now and then
+    # the process is instead ended by the SIGINT itself *after* its cleanup ran, during
     # interpreter shutdown, which a shell also reports as 130 (128 + SIGINT). What matters -
     # the cleanup and that no engine survives - is asserted below either way.
     assert proc.returncode in (130, -signal.SIGINT), err
