@@ -18,6 +18,7 @@ import typer
 from exsa_doctor import __version__
 
 if TYPE_CHECKING:
+    from exsa_doctor.context import Context
     from exsa_doctor.model import Diagnosis
     from exsa_doctor.target import Target
 
@@ -237,6 +238,7 @@ def run_diagnosis_for(
     health_path: str | None = None,
     ready_marker: str | None = None,
     process_name: list[str] | None = None,
+    keep: list[Context] | None = None,
 ) -> tuple[Target, Diagnosis]:
     """Shared by `diagnose` and `bundle`: options -> Target -> Diagnosis."""
     from exsa_doctor import probes as probe_registry
@@ -268,7 +270,7 @@ def run_diagnosis_for(
     for path in log or ():
         if path.is_dir():
             fail_usage(f"--log {path} is a directory; give the log file")
-    return target, run_diagnosis(target, selected)
+    return target, run_diagnosis(target, selected, keep)
 
 
 @app.command()
@@ -339,12 +341,12 @@ def bundle(
 ) -> None:
     """Diagnose, then write a redacted support bundle (reports, log tails, processes, system)."""
     from exsa_doctor.bundle import build_bundle
-    from exsa_doctor.context import Context
 
     if output.is_dir():
         fail_usage(f"--output {output} is a directory; give a file name like report.tar.gz")
     if not output.parent.exists():
         fail_usage(f"--output {output}: folder {output.parent} does not exist")
+    kept: list[Context] = []
     target, diagnosis = run_diagnosis_for(
         url=url,
         model=model,
@@ -360,11 +362,18 @@ def bundle(
         health_path=health_path,
         ready_marker=ready_marker,
         process_name=process_name,
+        keep=kept,
     )
-    import time as _time
+    # the processes the probes already read (memoised in the run's context), not a second walk;
+    # only when the run never read them (--probe) or was cut short, read them now
+    engines, complete = kept[0].engines()
+    if not complete:
+        import time as _time
 
-    ctx = Context(target=target, deadline=_time.monotonic() + 2.0)
-    engines, _complete = ctx.engines()
+        from exsa_doctor.oslayer.procs import find_engines
+        from exsa_doctor.profiles import all_builtin
+
+        engines, _ = find_engines(all_builtin(), deadline=_time.monotonic() + 2.0)
     try:
         result = build_bundle(diagnosis, engines, target.logs, output)
     except OSError as exc:

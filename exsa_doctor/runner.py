@@ -126,11 +126,19 @@ def run_probes(ctx: Context, probes: Sequence[Probe]) -> list[ProbeResult]:
     return results
 
 
-def diagnose(target: Target, probes: Sequence[Probe]) -> Diagnosis:
-    """Run `probes` against `target` and return the scored diagnosis."""
+def diagnose(
+    target: Target, probes: Sequence[Probe], keep: list[Context] | None = None
+) -> Diagnosis:
+    """Run `probes` against `target` and return the scored diagnosis.
+
+    `keep`, when given, receives the run's context, so a caller (the support bundle) can reuse
+    what the probes already read, such as the engine processes, instead of reading it again.
+    """
     started_wall = time.time()
     started = time.monotonic()
     ctx = Context(target=target, deadline=started + target.timeout_s, started_wall=started_wall)
+    if keep is not None:
+        keep.append(ctx)
     results = run_probes(ctx, probes)
     # a probe abandoned at the deadline may have left a helper running (py-spy, lsof)
     ctx.stop_children()
