@@ -470,22 +470,29 @@ def _wait_healthy(
     )
 
 
+@contextlib.contextmanager
+def cleanup_on_error(sc: Scenario) -> Iterator[Scenario]:
+    """Stop everything the half-built scenario started if building it fails or is interrupted."""
+    try:
+        yield sc
+    except BaseException:
+        sc.cleanup()
+        raise
+
+
 def build_healthy(notify: Notify | None = None) -> Scenario:
     sc = _new("healthy", "A healthy engine that loaded and serves")
-    try:
+    with cleanup_on_error(sc):
         _say(notify, f"starting the stand-in engine on port {sc.port}")
         engine = start_engine(sc)
         sc.extra["engine_pid"] = engine.pid
         _wait_healthy(sc)
-    except BaseException:
-        sc.cleanup()
-        raise
     return sc
 
 
 def build_race(notify: Notify | None = None, load_s: float = 6.0) -> Scenario:
     sc = _new("race", "The client asked 0.5 s after start; the model takes ~6 s to load")
-    try:
+    with cleanup_on_error(sc):
         _say(notify, f"starting the engine in the background on port {sc.port} ({load_s:g} s load)")
         engine = start_engine(sc, load_s=load_s)
         assert sc.log is not None
@@ -504,15 +511,12 @@ def build_race(notify: Notify | None = None, load_s: float = 6.0) -> Scenario:
         sc.failed_at = time.time()
         sc.extra["engine_pid"] = engine.pid
         _say(notify, "... connection refused (the engine is still loading)")
-    except BaseException:
-        sc.cleanup()
-        raise
     return sc
 
 
 def build_port_in_use(notify: Notify | None = None) -> Scenario:
     sc = _new("port-in-use", "A foreign program holds the port; the engine cannot bind")
-    try:
+    with cleanup_on_error(sc):
         _say(notify, f"a foreign (non-engine) program listens on port {sc.port}")
         squatter = _python(sc, _LISTENER, "squatter", str(sc.port))
         _await_ready_line(squatter, "the squatter to listen")
@@ -522,9 +526,6 @@ def build_port_in_use(notify: Notify | None = None) -> Scenario:
         sc.extra["engine_pid"] = engine.pid
         _wait_fail(sc, engine, "Failed to bind", 20.0)
         sc.failed_at = time.time()
-    except BaseException:
-        sc.cleanup()
-        raise
     return sc
 
 
@@ -533,7 +534,7 @@ def build_stale_instance(notify: Notify | None = None) -> Scenario:
         "stale-instance",
         "An earlier engine, orphaned by its launcher, still serves; the new one cannot bind",
     )
-    try:
+    with cleanup_on_error(sc):
         assert sc.model is not None
         stale_log = sc.workdir / "stale-engine.log"
         _say(notify, f"a launcher starts an engine on port {sc.port} and exits (orphaning it)")
@@ -563,15 +564,12 @@ def build_stale_instance(notify: Notify | None = None) -> Scenario:
         sc.extra["engine_pid"] = engine.pid
         _wait_fail(sc, engine, "Failed to bind", 20.0)
         sc.failed_at = time.time()
-    except BaseException:
-        sc.cleanup()
-        raise
     return sc
 
 
 def build_model_lock(notify: Notify | None = None) -> Scenario:
     sc = _new("model-lock", "Another process holds an exclusive flock on the model")
-    try:
+    with cleanup_on_error(sc):
         assert sc.model is not None
         model = sc.model
         _say(notify, "a holder process takes an exclusive flock on the model")
@@ -596,15 +594,12 @@ def build_model_lock(notify: Notify | None = None) -> Scenario:
         if not connection_refused(sc.host, sc.port):
             raise ScenarioError("the engine's port answered although it should be blocked")
         sc.failed_at = time.time()
-    except BaseException:
-        sc.cleanup()
-        raise
     return sc
 
 
 def build_hung(notify: Notify | None = None) -> Scenario:
     sc = _new("hung", "The engine stops making progress while loading")
-    try:
+    with cleanup_on_error(sc):
         _say(notify, f"starting an engine that hangs during its load, port {sc.port}")
         engine = start_engine(sc, mode="hang", load_s=0.3)
         sc.extra["engine_pid"] = engine.pid
@@ -619,9 +614,6 @@ def build_hung(notify: Notify | None = None) -> Scenario:
         _wait_cpu_still(engine.pid, log)
         sc.watch_s = 2.0
         sc.failed_at = time.time()
-    except BaseException:
-        sc.cleanup()
-        raise
     return sc
 
 
@@ -647,36 +639,30 @@ def build_corrupt_model(notify: Notify | None = None) -> Scenario:
     sc = _new(
         "corrupt-model", "The model file is cut short (an interrupted download)", truncate=True
     )
-    try:
+    with cleanup_on_error(sc):
         _say(notify, f"a truncated GGUF at {sc.model}; starting the engine")
         engine = start_engine(sc)
         sc.extra["engine_pid"] = engine.pid
         _wait_fail(sc, engine, "Failed to initialize inference engine", 20.0)
         sc.failed_at = time.time()
-    except BaseException:
-        sc.cleanup()
-        raise
     return sc
 
 
 def build_missing_model(notify: Notify | None = None) -> Scenario:
     sc = _new("missing-model", "MODEL_PATH points to a file that does not exist", model=False)
-    try:
+    with cleanup_on_error(sc):
         sc.model = sc.workdir / "models" / "missing.gguf"
         _say(notify, f"starting the engine with MODEL_PATH={sc.model} (no such file)")
         engine = start_engine(sc)
         sc.extra["engine_pid"] = engine.pid
         _wait_fail(sc, engine, "Model validation failed", 20.0)
         sc.failed_at = time.time()
-    except BaseException:
-        sc.cleanup()
-        raise
     return sc
 
 
 def build_zero_tokens(notify: Notify | None = None) -> Scenario:
     sc = _new("zero-tokens", "The engine is healthy but generates zero tokens")
-    try:
+    with cleanup_on_error(sc):
         _say(notify, f"starting an engine whose streams carry no tokens, port {sc.port}")
         engine = start_engine(sc, mode="zero-tokens")
         sc.extra["engine_pid"] = engine.pid
@@ -686,15 +672,12 @@ def build_zero_tokens(notify: Notify | None = None) -> Scenario:
             raise ScenarioError(f"expected a 200 stream without tokens, got {status}, {tokens}")
         sc.failed_at = time.time()
         _say(notify, "a client's generation request got a stream with zero tokens")
-    except BaseException:
-        sc.cleanup()
-        raise
     return sc
 
 
 def build_wrong_port(notify: Notify | None = None) -> Scenario:
     sc = _new("wrong-port", "The engine listens on another port than the client uses")
-    try:
+    with cleanup_on_error(sc):
         engine_port = free_port()
         while engine_port == sc.port:
             engine_port = free_port()
@@ -706,15 +689,12 @@ def build_wrong_port(notify: Notify | None = None) -> Scenario:
         if not connection_refused(sc.host, sc.port):
             raise ScenarioError(f"port {sc.port} answered; it should be closed")
         sc.failed_at = time.time()
-    except BaseException:
-        sc.cleanup()
-        raise
     return sc
 
 
 def build_mmap(notify: Notify | None = None) -> Scenario:
     sc = _new("mmap", "Mapping the model fails (the engine runs out of address space)")
-    try:
+    with cleanup_on_error(sc):
         assert sc.model is not None
         _say(notify, "another process maps the model")
         mapper = _python(sc, _MAPPER, "mapper", str(sc.model))
@@ -725,29 +705,23 @@ def build_mmap(notify: Notify | None = None) -> Scenario:
         sc.extra["engine_pid"] = engine.pid
         _wait_fail(sc, engine, "Failed to initialize inference engine", 20.0)
         sc.failed_at = time.time()
-    except BaseException:
-        sc.cleanup()
-        raise
     return sc
 
 
 def build_oom(notify: Notify | None = None) -> Scenario:
     sc = _new("oom", "Allocating the KV cache fails: out of memory")
-    try:
+    with cleanup_on_error(sc):
         _say(notify, "starting an engine whose KV-cache allocation fails (RLIMIT_AS)")
         engine = start_engine(sc, mode="oom")
         sc.extra["engine_pid"] = engine.pid
         _wait_fail(sc, engine, "Failed to initialize inference engine", 20.0)
         sc.failed_at = time.time()
-    except BaseException:
-        sc.cleanup()
-        raise
     return sc
 
 
 def build_overloaded(notify: Notify | None = None) -> Scenario:
     sc = _new("overloaded", "The engine is up but its queue is full")
-    try:
+    with cleanup_on_error(sc):
         _say(notify, f"starting an engine at capacity on port {sc.port}")
         engine = start_engine(sc, mode="overloaded")
         sc.extra["engine_pid"] = engine.pid
@@ -757,15 +731,12 @@ def build_overloaded(notify: Notify | None = None) -> Scenario:
             raise ScenarioError(f"expected 503 at capacity, got {status}")
         sc.failed_at = time.time()
         _say(notify, "a client's generation request got 503 Server is at capacity")
-    except BaseException:
-        sc.cleanup()
-        raise
     return sc
 
 
 def build_engine_not_running(notify: Notify | None = None) -> Scenario:
     sc = _new("engine-not-running", "No engine runs; its log says it shut down")
-    try:
+    with cleanup_on_error(sc):
         _say(notify, f"running an engine on port {sc.port}, then stopping it")
         engine = start_engine(sc)
         _wait_healthy(sc)
@@ -780,9 +751,6 @@ def build_engine_not_running(notify: Notify | None = None) -> Scenario:
         if not connection_refused(sc.host, sc.port):
             raise ScenarioError(f"port {sc.port} still answers after the engine stopped")
         sc.failed_at = time.time()
-    except BaseException:
-        sc.cleanup()
-        raise
     return sc
 
 
