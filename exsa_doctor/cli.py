@@ -90,37 +90,58 @@ def root(
 UrlOpt = Annotated[
     str | None,
     typer.Option(
-        "--url", help="Engine base URL (default: $EXSA_URL, else http://127.0.0.1:${PORT:-3000})."
+        "--url",
+        metavar="URL",
+        help="Engine base URL (default: $EXSA_URL, else http://127.0.0.1:${PORT:-3000}).",
     ),
 ]
 ModelOpt = Annotated[
     Path | None,
-    typer.Option("--model", help="GGUF model path (default: $MODEL_PATH, else the engine's own)."),
+    typer.Option(
+        "--model",
+        metavar="PATH",
+        help="GGUF model path (default: $MODEL_PATH, else the engine's own).",
+    ),
 ]
-LogOpt = Annotated[list[Path] | None, typer.Option("--log", help="Engine log file (repeatable).")]
-PidOpt = Annotated[list[int] | None, typer.Option("--pid", help="Engine PID (repeatable).")]
+LogOpt = Annotated[
+    list[Path] | None, typer.Option("--log", metavar="PATH", help="Engine log file (repeatable).")
+]
+PidOpt = Annotated[
+    list[int] | None, typer.Option("--pid", metavar="PID", help="Engine PID (repeatable).")
+]
 ProfileOpt = Annotated[
     str,
     typer.Option(
-        "--profile", help="Engine profile: auto, exsa-engine, llama-server, ollama, vllm."
+        "--profile",
+        metavar="NAME",
+        help="Engine profile: auto, exsa-engine, llama-server, ollama, vllm.",
     ),
 ]
 HealthPathOpt = Annotated[
     str | None,
-    typer.Option("--health-path", help="Your engine's health route (overrides the profile's)."),
+    typer.Option(
+        "--health-path",
+        metavar="PATH",
+        help="Your engine's health route (overrides the profile's).",
+    ),
 ]
 ReadyMarkerOpt = Annotated[
     str | None,
-    typer.Option("--ready-marker", help="Log regex that means your engine is listening."),
+    typer.Option(
+        "--ready-marker", metavar="REGEX", help="Log regex that means your engine is listening."
+    ),
 ]
 ProcessNameOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--process-name", help="Executable name that identifies your engine (repeatable)."
+        "--process-name",
+        metavar="NAME",
+        help="Executable name that identifies your engine (repeatable).",
     ),
 ]
 ProfileFileOpt = Annotated[
-    Path | None, typer.Option("--profile-file", help="A profile TOML file for your own engine.")
+    Path | None,
+    typer.Option("--profile-file", metavar="PATH", help="A profile TOML file for your own engine."),
 ]
 
 
@@ -205,10 +226,15 @@ def render(diagnosis, fmt: ReportFormat, to_file: bool = False) -> str:  # type:
     return render_as(diagnosis, fmt.value, color=False if to_file else None)
 
 
-WatchOpt = Annotated[float, typer.Option("--watch", help="Keep observing up to this many seconds.")]
+WatchOpt = Annotated[
+    float,
+    typer.Option("--watch", metavar="SECONDS", help="Keep observing up to this many seconds."),
+]
 FailedAtOpt = Annotated[
     str | None,
-    typer.Option("--failed-at", help="When the client's request failed (ISO 8601 or epoch)."),
+    typer.Option(
+        "--failed-at", metavar="TIME", help="When the client's request failed (ISO 8601 or epoch)."
+    ),
 ]
 GenerateOpt = Annotated[
     bool | None,
@@ -217,9 +243,12 @@ GenerateOpt = Annotated[
     ),
 ]
 ProbeOpt = Annotated[
-    list[str] | None, typer.Option("--probe", help="Run only these probes (repeatable).")
+    list[str] | None,
+    typer.Option("--probe", metavar="NAME", help="Run only these probes (repeatable)."),
 ]
-TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Bound on the whole run, seconds.")]
+TimeoutOpt = Annotated[
+    float, typer.Option("--timeout", metavar="SECONDS", help="Bound on the whole run, seconds.")
+]
 
 
 def run_diagnosis_for(
@@ -288,7 +317,8 @@ def diagnose(
         ReportFormat, typer.Option("--format", help="Report format.")
     ] = ReportFormat.text,
     output: Annotated[
-        Path | None, typer.Option("--output", help="Write the report here instead of stdout.")
+        Path | None,
+        typer.Option("--output", metavar="PATH", help="Write the report here instead of stdout."),
     ] = None,
     profile: ProfileOpt = "auto",
     profile_file: ProfileFileOpt = None,
@@ -323,7 +353,9 @@ def diagnose(
 
 @app.command()
 def bundle(
-    output: Annotated[Path, typer.Option("--output", help="The .tar.gz to write.")],
+    output: Annotated[
+        Path, typer.Option("--output", metavar="FILE.tar.gz", help="The .tar.gz to write.")
+    ],
     url: UrlOpt = None,
     model: ModelOpt = None,
     log: LogOpt = None,
@@ -389,7 +421,8 @@ def bundle(
 @app.command()
 def triage(
     reports: Annotated[
-        list[Path], typer.Argument(help="JSON reports, or folders searched for *.json.")
+        list[Path],
+        typer.Argument(metavar="REPORT", help="JSON reports, or folders searched for *.json."),
     ],
     fmt: Annotated[
         ReportFormat, typer.Option("--format", help="text or json.")
@@ -424,7 +457,9 @@ def causes() -> None:
 
 
 @app.command()
-def explain(cause: Annotated[str, typer.Argument(help="A cause id, e.g. race-condition.")]) -> None:
+def explain(
+    cause: Annotated[str, typer.Argument(metavar="CAUSE", help="A cause id, e.g. race-condition.")],
+) -> None:
     """Print one cause in full: what it is, what evidence moves it, how to fix and confirm it."""
     from exsa_doctor.causes import cause_by_id, load_causes
     from exsa_doctor.render.text import render_cause
@@ -449,7 +484,10 @@ def main() -> None:
 @app.command()
 def demo(
     scenario: Annotated[
-        str, typer.Argument(help="The failure to build (see --list); default: race.")
+        str,
+        typer.Argument(
+            metavar="SCENARIO", help="The failure to build (see --list); default: race."
+        ),
     ] = "race",
     fmt: Annotated[
         ReportFormat, typer.Option("--format", help="Report format.")
@@ -460,7 +498,11 @@ def demo(
     ] = False,
     watch: Annotated[
         float | None,
-        typer.Option("--watch", help="Watch the engine this long (default: the scenario's own)."),
+        typer.Option(
+            "--watch",
+            metavar="SECONDS",
+            help="Watch the engine this long (default: the scenario's own).",
+        ),
     ] = None,
 ) -> None:
     """Build a real failure on this machine (stand-in engine), diagnose it, clean up."""
@@ -497,7 +539,7 @@ def demo(
 def wait(
     url: UrlOpt = None,
     timeout: Annotated[
-        float, typer.Option("--timeout", help="Give up after this many seconds.")
+        float, typer.Option("--timeout", metavar="SECONDS", help="Give up after this many seconds.")
     ] = 60.0,
     log: LogOpt = None,
     pid: PidOpt = None,
@@ -545,31 +587,44 @@ def wait(
 def run(
     engine: Annotated[
         list[str] | None,
-        typer.Argument(help="The engine command and its arguments, after --.", show_default=False),
+        typer.Argument(
+            metavar="ENGINE",
+            help="The engine command and its arguments, after --.",
+            show_default=False,
+        ),
     ] = None,
     port: Annotated[
-        str | None, typer.Option("--port", help="Port for the engine: a number or 'auto'.")
+        str | None,
+        typer.Option("--port", metavar="N|auto", help="Port for the engine: a number or 'auto'."),
     ] = None,
     host: Annotated[
-        str | None, typer.Option("--host", help="Address the engine binds (default 127.0.0.1).")
+        str | None,
+        typer.Option(
+            "--host", metavar="HOST", help="Address the engine binds (default 127.0.0.1)."
+        ),
     ] = None,
     then: Annotated[
         str | None,
         typer.Option(
             "--then",
+            metavar="CMD",
             help="Once ready, run this through the shell (EXSA_URL, EXSA_PORT, EXSA_PID set); "
             "its exit code is ours.",
         ),
     ] = None,
     ready_timeout: Annotated[
-        float, typer.Option("--ready-timeout", help="Seconds to wait for readiness.")
+        float,
+        typer.Option("--ready-timeout", metavar="SECONDS", help="Seconds to wait for readiness."),
     ] = 60.0,
     report_dir: Annotated[
         Path | None,
-        typer.Option("--report-dir", help="Engine log and, on failure, report.json/report.md."),
+        typer.Option(
+            "--report-dir", metavar="DIR", help="Engine log and, on failure, report.json/report.md."
+        ),
     ] = None,
     log: Annotated[
-        Path | None, typer.Option("--log", help="Write the engine's output to this file.")
+        Path | None,
+        typer.Option("--log", metavar="PATH", help="Write the engine's output to this file."),
     ] = None,
     profile: ProfileOpt = "auto",
     profile_file: ProfileFileOpt = None,
@@ -648,11 +703,14 @@ def ps(
 @app.command()
 def cleanup(
     port: Annotated[
-        int | None, typer.Option("--port", help="Stop the engine instances on this port.")
+        int | None,
+        typer.Option("--port", metavar="PORT", help="Stop the engine instances on this port."),
     ] = None,
     model: Annotated[
         Path | None,
-        typer.Option("--model", help="Stop the engine instances holding this model."),
+        typer.Option(
+            "--model", metavar="PATH", help="Stop the engine instances holding this model."
+        ),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan; signal nothing.")
