@@ -64,11 +64,11 @@ def _choose_engine(
     on_port = [e for e in engines if e.pid in listening_pids]
     if on_port:
         e = on_port[0]
-        return e, f"detected from {_describe(e)}, a {e.profile} listening on port {target.port}"
+        return e, f"detected from {_describe(e)}, {_a(e.profile)} listening on port {target.port}"
     configured = [e for e in engines if e.configured_port == target.port]
     if configured:
         e = max(configured, key=lambda c: c.info.create_time or 0.0)
-        return e, f"detected from {_describe(e)}, a {e.profile} started for port {target.port}"
+        return e, f"detected from {_describe(e)}, {_a(e.profile)} started for port {target.port}"
     by_default = [
         e
         for e in engines
@@ -77,7 +77,7 @@ def _choose_engine(
     if by_default:
         e = max(by_default, key=lambda c: c.info.create_time or 0.0)
         return e, (
-            f"detected from {_describe(e)}, a {e.profile} with no port setting "
+            f"detected from {_describe(e)}, {_a(e.profile)} with no port setting "
             f"(its default is {target.port})"
         )
     return None
@@ -165,3 +165,8 @@ def refine_target(target: Target, *, auto_profile: bool) -> Target:
             assert newest.model is not None
             refined = refined.with_model(Path(newest.model), f"engine PID {newest.pid}")
     return refined
+
+
+def _a(noun: str) -> str:
+    """'an exsa-engine', 'a llama-server'."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
