@@ -163,6 +163,10 @@ def test_wait_on_a_hung_engine_times_out_naming_the_hang(model: Path, tmp_path: 
         assert "timed out after 5.0 s" in done.stderr
         assert "The engine looks hung: no CPU time, no reads, no log output" in done.stderr
         assert "hung-during-load" in done.stderr
+        # ranked first, not merely listed: the stalled load outweighs "asked before ready"
+        assert "most likely: The engine is stuck while loading the model [hung-during-load]" in (
+            " ".join(done.stderr.split())
+        ), done.stderr
         assert "progress.stalled" in done.stderr
         assert psutil.Process(engine.pid).status() != psutil.STATUS_ZOMBIE  # wait never signals
     finally:
