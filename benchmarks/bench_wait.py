@@ -126,6 +126,37 @@ def steady_cpu(name: str, model: Path, tmp: Path) -> float:
     return (c1 - c0) / (t1 - t0) * 1000.0
 
 
+def idle_cpu(name: str, seconds: float = 10.0) -> float:
+    """CPU ms per second of a waiter polling a port where nothing ever listens, over `seconds`
+    (a long window: psutil's CPU counters tick at 10 ms), after 2 s to let start-up pass."""
+    import psutil
+
+    cmd = waiters(free_port())[name]
+    assert cmd is not None
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        tree = psutil.Process(proc.pid)
+
+        def total() -> float:
+            cpu = 0.0
+            for p in [tree, *tree.children(recursive=True)]:
+                try:
+                    t = p.cpu_times()
+                    cpu += t.user + t.system
+                except psutil.Error:
+                    pass
+            return cpu
+
+        time.sleep(2.0)
+        c0, t0 = total(), time.monotonic()
+        time.sleep(seconds)
+        c1, t1 = total(), time.monotonic()
+    finally:
+        proc.kill()  # our own child
+        proc.wait()
+    return (c1 - c0) / (t1 - t0) * 1000.0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=7)
@@ -154,6 +185,10 @@ def main() -> None:
                 f"{steady:5.1f} ms/s  (whole process incl. start-up "
                 f"{statistics.median(cpu) * 1000:6.1f} ms/s)"
             )
+        print("\nCPU while polling a port where nothing listens (10 s window):")
+        for name, cmd in names.items():
+            if cmd is not None and name != "wait-for-it":
+                print(f"{name:<26} {idle_cpu(name):5.1f} ms/s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
