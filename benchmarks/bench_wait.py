@@ -142,7 +142,8 @@ def idle_cpu(name: str, seconds: float = 10.0) -> float:
             for p in [tree, *tree.children(recursive=True)]:
                 try:
                     t = p.cpu_times()
-                    cpu += t.user + t.system
+                    # children_*: a shell loop's curls have exited (and been reaped) by now
+                    cpu += t.user + t.system + t.children_user + t.children_system
                 except psutil.Error:
                     pass
             return cpu
