@@ -94,68 +94,55 @@ def one_run(
     return (t_end - ready) * 1000.0, cpu / max(1e-6, t_end - t_start)
 
 
-def steady_cpu(name: str, model: Path, tmp: Path) -> float:
-    """CPU ms per second of waiting, sampled between 1.0 s and 3.5 s into the wait (start-up
-    excluded), against an engine that loads for 5 s: the waiter's process tree, via psutil."""
+def cpu_rate(pid: int, after_s: float, window_s: float) -> float:
+    """CPU ms per second used by the process tree of `pid` over `window_s`, measured from
+    `after_s` into its life (start-up excluded). Reaped children count too: a shell loop's
+    `curl`s have exited by the time they would be sampled."""
     import psutil
 
+    tree = psutil.Process(pid)
+
+    def total() -> float:
+        cpu = 0.0
+        for p in [tree, *tree.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                cpu += t.user + t.system + t.children_user + t.children_system
+            except psutil.Error:
+                pass
+        return cpu
+
+    time.sleep(after_s)
+    c0, t0 = total(), time.monotonic()
+    time.sleep(window_s)
+    c1, t1 = total(), time.monotonic()
+    return (c1 - c0) / (t1 - t0) * 1000.0
+
+
+def steady_cpu(name: str, model: Path, tmp: Path) -> float:
+    """CPU while waiting, sampled 1.0-3.5 s into the wait on an engine that loads for 5 s."""
     port = free_port()
     cmd = waiters(port)[name]
     assert cmd is not None
     with standin_engine(model, port, load_s=5.0, log=tmp / f"cpu-{port}.log"):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            tree = psutil.Process(proc.pid)
-
-            def total() -> float:
-                cpu = 0.0
-                for p in [tree, *tree.children(recursive=True)]:
-                    try:
-                        t = p.cpu_times()
-                        cpu += t.user + t.system + t.children_user + t.children_system
-                    except psutil.Error:
-                        pass
-                return cpu
-
-            time.sleep(1.0)
-            c0, t0 = total(), time.monotonic()
-            time.sleep(2.5)
-            c1, t1 = total(), time.monotonic()
+            return cpu_rate(proc.pid, 1.0, 2.5)
         finally:
             proc.wait(30)
-    return (c1 - c0) / (t1 - t0) * 1000.0
 
 
 def idle_cpu(name: str, seconds: float = 10.0) -> float:
-    """CPU ms per second of a waiter polling a port where nothing ever listens, over `seconds`
-    (a long window: psutil's CPU counters tick at 10 ms), after 2 s to let start-up pass."""
-    import psutil
-
+    """CPU of a waiter polling a port where nothing ever listens, over `seconds` (a long
+    window: psutil's CPU counters tick at 10 ms), after 2 s to let start-up pass."""
     cmd = waiters(free_port())[name]
     assert cmd is not None
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        tree = psutil.Process(proc.pid)
-
-        def total() -> float:
-            cpu = 0.0
-            for p in [tree, *tree.children(recursive=True)]:
-                try:
-                    t = p.cpu_times()
-                    # children_*: a shell loop's curls have exited (and been reaped) by now
-                    cpu += t.user + t.system + t.children_user + t.children_system
-                except psutil.Error:
-                    pass
-            return cpu
-
-        time.sleep(2.0)
-        c0, t0 = total(), time.monotonic()
-        time.sleep(seconds)
-        c1, t1 = total(), time.monotonic()
+        return cpu_rate(proc.pid, 2.0, seconds)
     finally:
         proc.kill()  # our own child
         proc.wait()
-    return (c1 - c0) / (t1 - t0) * 1000.0
 
 
 def main() -> None:
