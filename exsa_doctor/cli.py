@@ -251,6 +251,43 @@ TimeoutOpt = Annotated[
 ]
 
 
+STDIN_LOG = "<stdin>"
+
+
+def _check_logs(log: list[Path] | None) -> dict[str, bytes]:
+    """Every --log must be a readable, non-empty file; `-` reads standard input (returned)."""
+    from exsa_doctor.parsers.logs import read_stream
+
+    inline: dict[str, bytes] = {}
+    for path in log or ():
+        if str(path) == "-":
+            if STDIN_LOG in inline:
+                fail_usage("--log - can be given once")
+            data = read_stream(sys.stdin.buffer).data
+            if not data.strip():
+                fail_usage(
+                    "--log -: standard input was empty; paste the engine's log or pipe it in"
+                )
+            inline[STDIN_LOG] = data
+            continue
+        if not path.exists():
+            fail_usage(f"--log {path}: no such file")
+        if path.is_dir():
+            fail_usage(f"--log {path} is a directory; give the log file")
+        if not path.is_file():
+            fail_usage(f"--log {path}: not a regular file (a FIFO or a device)")
+        try:
+            with path.open("rb") as fh:
+                empty = not fh.read(1)
+        except OSError as exc:
+            fail_usage(f"--log {path}: cannot be read ({exc.strerror or exc})")
+        if empty:
+            fail_usage(
+                f"--log {path} is empty: the engine wrote nothing there (is it the right file?)"
+            )
+    return inline
+
+
 def run_diagnosis_for(
     *,
     url: str | None,
@@ -325,12 +362,40 @@ def diagnose(
     health_path: HealthPathOpt = None,
     ready_marker: ReadyMarkerOpt = None,
     process_name: ProcessNameOpt = None,
+    offline: Annotated[
+        bool,
+        typer.Option(
+            "--offline",
+            help="Read only the --log files (a log from another machine): probe nothing here. "
+            "Implied by --log - (standard input).",
+        ),
+    ] = False,
 ) -> None:
     """Run the probes side by side and print a ranked diagnosis with evidence and fixes."""
     if output is not None and output.is_dir():
         fail_usage(f"--output {output} is a directory; give a file name")
     if fmt is ReportFormat.html and output is None and sys.stdout.isatty():
         fail_usage("--format html writes a whole page: give --output FILE.html")
+    inline = _check_logs(log)
+    if offline or inline:
+        if not log:
+            fail_usage("--offline reads logs only: give --log FILE (or --log - for standard input)")
+        from exsa_doctor.api_offline import offline_diagnosis
+        from exsa_doctor.target import UsageError
+
+        try:
+            diagnosis = offline_diagnosis(
+                [Path(STDIN_LOG) if str(p) == "-" else p for p in log],
+                profile=profile,
+                profile_file=profile_file,
+                failed_at=failed_at,
+                timeout_s=timeout,
+                inline_logs=inline,
+            )
+        except UsageError as exc:
+            fail_usage(str(exc))
+        write_output(render(diagnosis, fmt, to_file=output is not None), output)
+        raise typer.Exit(exit_code_for(diagnosis.verdict.value))
     _target, diagnosis = run_diagnosis_for(
         url=url,
         model=model,

@@ -119,14 +119,22 @@ def profile_from_log(text: str, profiles: list[Profile]) -> tuple[Profile, list[
     return scored[0][1], scored[0][2]
 
 
-def _from_logs(target: Target, profiles: list[Profile]) -> tuple[Profile, str] | None:
+def log_profile(target: Target, profiles: list[Profile]) -> tuple[Profile, str] | None:
+    """The profile the target's logs name by their wording, with the reason."""
     for path in target.logs:
-        found = profile_from_log(_log_tail(path), profiles)
+        inline = target.inline_logs.get(str(path))
+        text = (
+            inline[-_LOG_TAIL_BYTES:].decode("utf-8", errors="replace")
+            if inline is not None
+            else _log_tail(path)
+        )
+        found = profile_from_log(text, profiles)
         if found is not None:
             profile, hits = found
             return profile, (
                 f"detected from the log {path}: its lines match {profile.name}'s markers "
-                f"({', '.join(hits)}); no engine process found for port {target.port}"
+                f"({', '.join(hits)})"
+                + ("" if target.offline else f"; no engine process found for port {target.port}")
             )
     return None
 
@@ -151,7 +159,7 @@ def refine_target(target: Target, *, auto_profile: bool) -> Target:
             )
             refined = replace(refined, profile=profile, profile_reason=why)
         else:
-            from_log = _from_logs(target, profiles)
+            from_log = log_profile(target, profiles)
             if from_log is not None:
                 refined = replace(refined, profile=from_log[0], profile_reason=from_log[1])
     if refined.model is None:

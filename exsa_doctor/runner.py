@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from exsa_doctor import __version__
@@ -61,17 +61,66 @@ def _run_one(slot: _Slot, ctx: Context) -> None:
         slot.ended = time.monotonic()
 
 
-def target_vars(target: Target) -> dict[str, str]:
-    """Values for `{target:...}` placeholders in remediation commands."""
+def target_vars(target: Target) -> Mapping[str, str]:
+    """Values for `{target:...}` placeholders in remediation commands (computed when asked)."""
     model = str(target.model) if target.model else ""
-    return {
+    profile = target.profile
+    exe = profile.executables[0] if profile.executables else profile.name
+    fixed = {
         "url": target.base_url,
         "host": target.host,
         "port": str(target.port),
         "model": model,
         "model_or_placeholder": model or "/path/to/model.gguf",
-        "health_url": target.endpoint(target.profile.health.path),
+        "health_url": target.endpoint(profile.health.path),
+        "log_or_placeholder": str(target.logs[0]) if target.logs else "ENGINE.log",
+        "version_command": profile.commands.get("version", f"{exe} --version"),
+        "help_command": profile.commands.get("help", f"{exe} --help"),
+        "cpu_only_command": profile.commands.get("cpu_only", ""),
+        "engine_path_or_placeholder": f"$(command -v {exe})",
+        "user_phrase": "the engine's user",
+        "user_phrase_cap": "The engine's user",
     }
+    return _LazyVars(fixed, {"cpu_flags_phrase": _cpu_flags_phrase})
+
+
+class _LazyVars(Mapping[str, str]):
+    """Fixed values plus ones computed on first use (reading /proc only when a fix needs it)."""
+
+    def __init__(self, fixed: dict[str, str], lazy: dict[str, Callable[[], str]]) -> None:
+        self._values = dict(fixed)
+        self._lazy = lazy
+
+    def __getitem__(self, key: str) -> str:
+        if key not in self._values and key in self._lazy:
+            self._values[key] = self._lazy[key]()
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**self._lazy, **self._values})
+
+    def __len__(self) -> int:
+        return len({**self._lazy, **self._values})
+
+
+_SIMD_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f")
+
+
+def _cpu_flags_phrase() -> str:
+    """` (this CPU has avx, fma; lacks avx2, avx512f)` from /proc/cpuinfo; empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    has = [f for f in _SIMD_FLAGS if f in flags]
+                    lacks = [f for f in _SIMD_FLAGS if f not in flags]
+                    return f" (this CPU has {', '.join(has) or 'none of them'}" + (
+                        f"; lacks {', '.join(lacks)})" if lacks else ")"
+                    )
+    except OSError:
+        pass
+    return ""
 
 
 def run_probes(ctx: Context, probes: Sequence[Probe]) -> list[ProbeResult]:

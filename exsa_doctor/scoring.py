@@ -1,9 +1,16 @@
-"""Pure scoring: findings + the cause table -> causes ranked by posterior probability.
+"""Pure scoring: findings + the cause table -> causes ranked by calibrated probability.
 
-Each cause is scored on its own (causes are not exclusive: a stale instance can hold the port
-*and* the client can be too early). Starting from the prior's log-odds, every finding present
-that the cause names adds the log of its likelihood ratio; a finding id repeated by several
-probes counts once. The result keeps, for every cause, the evidence for and against it.
+One failure has one root cause, so the causes compete: a multinomial logistic model over the
+causes and "none" (nothing in the table explains it, e.g. a healthy engine). A cause's score is
+its bias plus, for every finding present that the cause names, that finding's weight (the log of
+a likelihood ratio); a finding id repeated by several probes counts once. The probabilities are
+the softmax of the scores, with "none" at a fitted score of its own.
+
+Which finding bears on which cause is knowledge, kept in `causes.toml` with a hand-set ratio.
+How much it weighs is fitted from labelled data by `scripts/fit_weights.py` (real failure logs'
+training part, the staged scenarios), with the hand values as the prior, and written to
+`weights.toml`; where that file has no value (a row added since the last fit), the hand value
+is used. The result keeps, for every cause, the evidence for and against it.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from exsa_doctor.fitted import FittedModel, load_fitted
 from exsa_doctor.model import (
     Cause,
     Evidence,
@@ -26,17 +34,6 @@ from exsa_doctor.model import (
 
 _PLACEHOLDER = re.compile(r"\{([a-z_]+(?:\.[a-z_]+)*):([a-z_]+)\}")
 DIAGNOSIS_THRESHOLD = 0.5
-
-
-def _logit(p: float) -> float:
-    return math.log(p / (1.0 - p))
-
-
-def _sigmoid(x: float) -> float:
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    z = math.exp(x)
-    return z / (1.0 + z)
 
 
 def _first_by_id(findings: Iterable[Finding]) -> dict[str, Finding]:
@@ -75,6 +72,18 @@ def fill(template: str, by_id: Mapping[str, Finding], target: Mapping[str, str])
     return text.replace("{{", "{").replace("}}", "}")
 
 
+def when_holds(when: str, by_id: Mapping[str, Finding]) -> bool:
+    """`finding.id` is present, or `finding.id:key=value` is present with that value."""
+    fid, _, condition = when.partition(":")
+    finding = by_id.get(fid)
+    if finding is None:
+        return False
+    if not condition:
+        return True
+    key, _, value = condition.partition("=")
+    return str(finding.data.get(key, "")) == value
+
+
 def remediation_for(
     steps: Sequence[RemediationTemplate],
     by_id: Mapping[str, Finding],
@@ -82,7 +91,7 @@ def remediation_for(
 ) -> tuple[Remediation, ...]:
     out: list[Remediation] = []
     for step in steps:
-        if step.when and step.when not in by_id:
+        if step.when and not when_holds(step.when, by_id):
             continue
         text = fill(step.text, by_id, target)
         if text is None:
@@ -98,22 +107,35 @@ def score(
     causes: Sequence[Cause],
     findings: Sequence[Finding],
     target: Mapping[str, str] | None = None,
+    model: FittedModel | None = None,
 ) -> tuple[RankedCause, ...]:
-    """Rank every cause by its posterior; ties keep the table's order."""
+    """Rank every cause by its probability; ties keep the table's order."""
+    fitted = model if model is not None else load_fitted()
     by_id = _first_by_id(findings)
-    tvars = dict(target or {})
-    ranked: list[tuple[float, int, RankedCause]] = []
-    for order, cause in enumerate(causes):
-        logodds = _logit(cause.prior)
+    tvars: Mapping[str, str] = target if target is not None else {}
+    scores: list[float] = []
+    evidences: list[list[Evidence]] = []
+    for cause in causes:
+        logodds = fitted.bias(cause)
         evidence: list[Evidence] = []
-        for fid, weight in cause.evidence.items():
+        for fid in cause.evidence:
             finding = by_id.get(fid)
             if finding is None:
                 continue
-            logodds += math.log(weight)
-            evidence.append(Evidence(finding=fid, weight=weight, summary=finding.summary))
+            weight = fitted.weight(cause, fid)
+            logodds += weight
+            ratio = float(f"{math.exp(weight):.2g}")  # two figures: what a person can read
+            evidence.append(Evidence(finding=fid, weight=ratio, summary=finding.summary))
         evidence.sort(key=lambda e: -abs(math.log(e.weight)))
-        probability = _sigmoid(logodds)
+        scores.append(logodds / fitted.temperature)
+        evidences.append(evidence)
+    none_score = fitted.none_score(by_id) / fitted.temperature
+    top = max([none_score, *scores])
+    exps = [math.exp(s - top) for s in scores]
+    total = sum(exps) + math.exp(none_score - top)
+    ranked: list[tuple[float, int, RankedCause]] = []
+    for order, (cause, evidence, e) in enumerate(zip(causes, evidences, exps, strict=True)):
+        probability = e / total
         ranked.append(
             (
                 -probability,

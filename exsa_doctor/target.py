@@ -50,6 +50,10 @@ class Target:
     url_explicit: bool = False
     port_explicit: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
+    # a log read on its own (support's pasted log): nothing of this machine is evidence
+    offline: bool = False
+    # logs that arrived as bytes, not files (`--log -`): name -> what was read
+    inline_logs: Mapping[str, bytes] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:

@@ -39,8 +39,10 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from exsa_doctor.profiles import Profile
+from exsa_doctor.signatures import Hit, Table, load_table
 
 MAX_TAIL_BYTES = 1 << 20
 HEAD_BYTES = 64 << 10
@@ -140,6 +142,7 @@ class Run:
     events: tuple[LogEvent, ...]
     counts: Mapping[str, int]
     last_event: LogEvent | None
+    start_line: int = 0
 
     def first(self, marker: str) -> LogEvent | None:
         for e in self.events:
@@ -248,6 +251,10 @@ class LogReport:
     last_elapsed: float | None = None
     stamped_lines: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # signature hits in the newest run (see exsa_doctor.signatures), in line order
+    hits: tuple[Hit, ...] = ()
+    # the wall time of each hit's line, where known (same order as `hits`)
+    hit_times: tuple[float | None, ...] = ()
 
     @property
     def starts(self) -> tuple[Run, ...]:
@@ -358,6 +365,35 @@ def read_log(
         skipped = max(0, size - len(head) - len(tail))
         joined = head if head.endswith(b"\n") or not head else head + b"\n"
         return LogBytes(data=joined + tail, size=size, skipped=skipped, mtime=st.st_mtime)
+
+
+def read_stream(
+    stream: io.RawIOBase | io.BufferedIOBase | IO[bytes],
+    max_bytes: int = MAX_TAIL_BYTES,
+    head_bytes: int = HEAD_BYTES,
+) -> LogBytes:
+    """Head and tail of a stream (a pasted log on standard input), bounded like `read_log`."""
+    head = b""
+    tail = bytearray()
+    size = 0
+    while True:
+        chunk = stream.read(1 << 20)
+        if not chunk:
+            break
+        size += len(chunk)
+        if len(head) < head_bytes:
+            take = head_bytes - len(head)
+            head += chunk[:take]
+            chunk = chunk[take:]
+        tail += chunk
+        if len(tail) > max_bytes:
+            del tail[: len(tail) - max_bytes]
+    skipped = max(0, size - len(head) - len(tail))
+    data = head + bytes(tail)
+    if skipped:
+        nl = data.find(b"\n", len(head))
+        data = head + b"\n" + data[nl + 1 :] if nl >= 0 else data
+    return LogBytes(data=data, size=size, skipped=skipped, mtime=time.time())
 
 
 def read_tail(path: Path | str, max_bytes: int = MAX_TAIL_BYTES) -> bytes:
@@ -601,6 +637,7 @@ class _RunBuilder:
             events=tuple(self.events),
             counts=dict(self.counts),
             last_event=self.last_event,
+            start_line=self.start_line,
         )
 
 
@@ -703,8 +740,13 @@ def parse_log(
     anchor: float | None = None,
     file_mtime: float | None = None,
     now: float | None = None,
+    signatures: Table | None = None,
 ) -> LogReport:
     """Parse log bytes with a profile's timestamp format and markers. Pure; never raises on content.
+
+    The newest run's lines are also read against the signature tables (`signatures`, default the
+    shipped ones): `LogReport.hits`. A pasted log that was flattened, JSON-wrapped or escaped is
+    put back into lines first (`unmangle`).
 
     `anchor` is the wall time of elapsed zero for the newest run (`elapsed` format only); without
     it, `file_mtime` minus the last elapsed stamp stands in.
@@ -718,7 +760,10 @@ def parse_log(
     now = time.time() if now is None else now
     fmt = profile.timestamp_format
     markers = profile.compiled_markers()
-    text = clean_text(data)
+    if len(data) > MAX_LINE_BYTES and data.count(b"\n") < len(data) // MAX_LINE_BYTES + 3:
+        # a paste flattened onto a few huge lines: split it before the per-line cap cuts it off
+        data = unmangle(data.decode("utf-8", errors="replace")).encode("utf-8")
+    text = unmangle(clean_text(data))
     lines = text.split("\n")
     offsets = list(itertools.accumulate((len(line) + 1 for line in lines), initial=0))
     clock = _Clock(fmt, lines, text, offsets, now=now, anchor=anchor, file_mtime=file_mtime)
@@ -794,6 +839,9 @@ def parse_log(
                 all_events.append(event)
 
     runs = [b.build() for b in builders if b.events or b.start is not None]
+    table = signatures if signatures is not None else load_table()
+    hits = table.scan(lines, start=runs[-1].start_line if runs else 0)
+    hit_times = tuple(_time_near(clock, h.lineno, runs[-1].start_line if runs else 0) for h in hits)
     return LogReport(
         timestamp_format=fmt,
         events=tuple(all_events),
@@ -806,7 +854,53 @@ def parse_log(
         last_elapsed=clock.last_elapsed,
         stamped_lines=stamped,
         notes=tuple(notes),
+        hits=tuple(hits),
+        hit_times=hit_times,
     )
+
+
+def _time_near(clock: _Clock, idx: int, floor: int) -> float | None:
+    """A line's own time, else that of the nearest stamped line before it in the same run."""
+    for j in range(idx, max(floor, idx - _LOOKBACK_LINES) - 1, -1):
+        t = clock.at(j)
+        if t is not None:
+            return t
+    return None
+
+
+# A pasted log comes mangled: JSON-wrapped by a GUI, with escaped newlines, or flattened onto one
+# line. These put the lines back; an ordinary log passes through untouched.
+_ESCAPED_NL = re.compile(r"(?:\\r)?\\n")
+_FLAT_SPLIT = re.compile(
+    r"(?<=\S)\s{1,4}(?="
+    r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}"  # ISO stamps
+    r"|\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2}"  # Go log stamps
+    r"|time=\d{4}-"  # slog
+    r"|\d{1,4}\.\d{2}\.\d{3}\.\d{3} [IWED] "  # llama.cpp elapsed stamps
+    r"|(?:INFO|WARNING|ERROR|DEBUG|CRITICAL) \d{2}-\d{2} "  # vLLM
+    r"|(?:llama|llm|load|gguf|ggml|print|srv|main|common|system)_?[a-z_]{0,40}: "  # llama.cpp
+    r"|(?:Traceback|ERROR:|INFO:|WARNING:) "
+    r")"
+)
+_FLAT_LINE = 300  # a line this long with several stamps or prefixes in it was flattened
+
+
+def unmangle(text: str) -> str:
+    """Lines back from a JSON-wrapped, escaped or flattened paste; other text unchanged."""
+    if text.count("\n") <= 2 and "\\n" in text:
+        # a log inside a JSON string: its newlines, quotes and tabs are escaped
+        text = _ESCAPED_NL.sub("\n", text).replace('\\"', '"').replace("\\t", "\t")
+    if not any(len(line) > _FLAT_LINE for line in text.split("\n")):
+        return text
+    out: list[str] = []
+    for line in text.split("\n"):
+        if len(line) > _FLAT_LINE:
+            pieces = _FLAT_SPLIT.split(line)
+            if len(pieces) >= 3:
+                out.extend(pieces)
+                continue
+        out.append(line)
+    return "\n".join(out)
 
 
 def parse_file(

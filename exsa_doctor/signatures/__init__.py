@@ -1,0 +1,363 @@
+"""Log signatures as data, and the causal reading of a run's error lines.
+
+One TOML file per family (`llamacpp.toml`, `ollama.toml`, `python.toml`, `os.toml`, `exsa.toml`,
+`client.toml`, `generic.toml`). A row is a regex with named captures, the finding it raises, the
+start-up stage, whether it is `specific` (a reason), `generic` (a consequence: "failed to load
+model", an exit status), `context` (a fact that explains nothing alone), `client` (what a client
+printed) or `unknown` (a fatal-looking line no other row knows), a summary with `{capture}`
+placeholders (a `[...]` segment is dropped when a placeholder in it has no value) and an example
+line that the regex must match.
+
+Reading (`read_chain`): in the newest run, the earliest specific error is the root; the generic
+lines after it are its consequences, never a cause of their own. Generic lines alone say that the
+engine failed without saying why. A fatal-looking line that no row knows is quoted as
+`logs.unrecognised_error`, never mapped to a confident wrong cause. Specific errors before the run
+listened are survivable warnings (demoted to context).
+
+Every regex is checked at load time to run in linear time: an unbounded repeat may only stand at
+the end of the pattern (elsewhere repeats are bounded, `{0,300}`), so one 1 MB line costs a
+bounded amount of work per position. Lines are tried only when they contain one of the
+`prefilter` substrings (a plain `in` test), so an ordinary log costs a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import re._constants as sre_constants
+    import re._parser as sre_parse
+
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import sre_constants
+    import sre_parse
+
+    import tomli as tomllib
+
+FAMILIES = ("exsa", "llamacpp", "ollama", "python", "os", "client", "generic")
+KINDS = ("specific", "generic", "context", "client", "unknown")
+STAGES = (
+    "arguments",
+    "libraries",
+    "model-open",
+    "model-load",
+    "weights",
+    "kv-cache",
+    "compute-buffer",
+    "bind",
+    "serve",
+    "unknown",
+)
+_ROW_KEYS = frozenset(
+    {"id", "regex", "finding", "stage", "kind", "summary", "example", "data", "note"}
+)
+_REQUIRED = ("id", "regex", "finding", "stage", "kind", "summary", "example")
+_ALIAS = re.compile(r"^(?P<base>[A-Za-z_]+?)\d+$")
+_PLACE = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+_OPTIONAL = re.compile(r"\[([^\[\]]*)\]")
+MAX_LINE_CHARS = 8192
+MAX_BOUNDED_REPEAT = 1000
+# how many lines of a run are read at most: its first and its last ones
+HEAD_LINES = 4000
+TAIL_LINES = 4000
+
+
+class SignatureError(ValueError):
+    """A signature table that cannot be used; the message names the file and the row."""
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One row of a signature table."""
+
+    id: str
+    family: str
+    pattern: re.Pattern[str]
+    finding: str
+    stage: str
+    kind: str
+    summary: str
+    example: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One line matched by one signature."""
+
+    signature: Signature
+    lineno: int
+    line: str
+    groups: Mapping[str, str]
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """The row's constant data, then the captures (captures win)."""
+        merged: dict[str, Any] = dict(self.signature.data)
+        merged.update(self.groups)
+        return merged
+
+    @property
+    def summary(self) -> str:
+        return render_summary(self.signature.summary, self.values)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A run's error lines read as a causal chain."""
+
+    root: Hit | None
+    after: tuple[Hit, ...]  # specific lines after the root (consequences or further errors)
+    generic: tuple[Hit, ...]  # consequences ("failed to load model", exit statuses)
+    unknown: tuple[Hit, ...]  # fatal-looking lines no row knows
+    context: tuple[Hit, ...]  # facts, and specific lines the run survived
+    client: tuple[Hit, ...]  # what a client printed
+
+
+@dataclass(frozen=True)
+class Table:
+    """Every signature, in priority order, with the prefilter."""
+
+    signatures: tuple[Signature, ...]
+    prefilter: tuple[str, ...]
+
+    def match_line(self, line: str) -> tuple[Signature, dict[str, str]] | None:
+        """The first row (by kind, then file order) that matches this line."""
+        low = line.lower()
+        if not any(k in low for k in self.prefilter):
+            return None
+        for sig in self.signatures:
+            m = sig.pattern.search(line)
+            if m is not None:
+                return sig, groups_of(m)
+        return None
+
+    def scan(self, lines: Sequence[str], start: int = 0, end: int | None = None) -> list[Hit]:
+        """Hits in `lines[start:end]`, reading at most the first and last few thousand lines."""
+        end = len(lines) if end is None else min(end, len(lines))
+        indexes: Iterable[int]
+        if end - start > HEAD_LINES + TAIL_LINES:
+            indexes = [*range(start, start + HEAD_LINES), *range(end - TAIL_LINES, end)]
+        else:
+            indexes = range(start, end)
+        hits: list[Hit] = []
+        for idx in indexes:
+            line = lines[idx][:MAX_LINE_CHARS]
+            found = self.match_line(line)
+            if found is not None:
+                sig, groups = found
+                hits.append(Hit(signature=sig, lineno=idx, line=line.strip()[:400], groups=groups))
+        return hits
+
+
+def groups_of(m: re.Match[str]) -> dict[str, str]:
+    """Named captures that matched; `name2` fills `name` when that one is empty."""
+    found = {k: v.strip() for k, v in m.groupdict().items() if v is not None and v.strip()}
+    for name in list(found):
+        alias = _ALIAS.match(name)
+        if alias and alias["base"] not in found:
+            found[alias["base"]] = found[name]
+    return {k: v for k, v in found.items() if not _ALIAS.match(k)}
+
+
+def render_summary(template: str, values: Mapping[str, Any]) -> str:
+    """Fill `{name}`; a `[...]` segment whose placeholders are not all known is dropped."""
+
+    def known(segment: str) -> bool:
+        return all(values.get(name) not in (None, "") for name in _PLACE.findall(segment))
+
+    text = _OPTIONAL.sub(lambda m: m.group(1) if known(m.group(1)) else "", template)
+    return _PLACE.sub(lambda m: str(values.get(m.group(1)) or "…"), text)
+
+
+def read_chain(hits: Sequence[Hit], listening_line: int | None = None) -> Chain:
+    """The causal reading of one run's hits (in line order).
+
+    `listening_line`: where the run said it listens; specific errors before it did not end the run.
+    """
+    root: Hit | None = None
+    after: list[Hit] = []
+    generic: list[Hit] = []
+    unknown: list[Hit] = []
+    context: list[Hit] = []
+    client: list[Hit] = []
+    for hit in sorted(hits, key=lambda h: h.lineno):
+        kind = hit.signature.kind
+        survived = listening_line is not None and hit.lineno < listening_line
+        if kind == "client":
+            client.append(hit)
+        elif kind == "context" or (kind == "specific" and survived):
+            context.append(hit)
+        elif kind == "specific":
+            if root is None:
+                root = hit
+            else:
+                after.append(hit)
+        elif kind == "generic":
+            if not survived:
+                generic.append(hit)
+        elif not survived:
+            unknown.append(hit)
+    return Chain(
+        root=root,
+        after=tuple(after),
+        generic=tuple(generic),
+        unknown=tuple(unknown),
+        context=tuple(context),
+        client=tuple(client),
+    )
+
+
+# ------------------------------------------------------------------------------------ loading
+
+
+def check_linear(pattern: str) -> str | None:
+    """Why a pattern may backtrack more than linearly, or None.
+
+    Allowed: bounded repeats anywhere; an unbounded repeat only where nothing but the end of the
+    pattern (or `$`, or an optional tail) follows it, so a failed attempt cannot rescan the line.
+    """
+    try:
+        parsed = sre_parse.parse(pattern)
+    except re.error as exc:
+        return f"bad regex: {exc}"
+    problems: list[str] = []
+
+    def tail_is_trivial(items: Sequence[Any]) -> bool:
+        # what may follow an unbounded repeat: anchors ($, \b) and parts that may match nothing
+        return all(
+            op == sre_constants.AT
+            or (op in (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT) and av[0] == 0)
+            for op, av in items
+        )
+
+    def walk(items: Sequence[Any], at_end: bool) -> None:
+        seq = list(items)
+        for i, (op, av) in enumerate(seq):
+            last = at_end and tail_is_trivial(seq[i + 1 :])
+            if op in (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT):
+                _lo, hi, sub = av
+                if hi == sre_constants.MAXREPEAT and not last:
+                    problems.append("an unbounded repeat before the end of the pattern")
+                elif hi != sre_constants.MAXREPEAT and hi > MAX_BOUNDED_REPEAT:
+                    problems.append(f"a repeat bounded above {MAX_BOUNDED_REPEAT}")
+                walk(sub, False)
+            elif op == sre_constants.SUBPATTERN:
+                walk(av[-1], last)
+            elif op == sre_constants.BRANCH:
+                for branch in av[1]:
+                    walk(branch, last)
+            elif op in (sre_constants.ASSERT, sre_constants.ASSERT_NOT):
+                walk(av[1], False)
+            elif op == sre_constants.GROUPREF:
+                problems.append("a back reference")
+
+    walk(list(parsed), True)  # type: ignore[call-overload]
+    return problems[0] if problems else None
+
+
+def parse_table(
+    raw: Mapping[str, Any],
+    family: str,
+    known_findings: frozenset[str] | None = None,
+    *,
+    strict: bool = True,
+) -> list[Signature]:
+    """One family's rows, checked: unknown keys, missing fields, bad regexes, examples; with
+    `strict`, also that every regex runs in linear time (a test runs it strict on every row)."""
+    rows = raw.get("signature", [])
+    extra = set(raw) - {"signature", "prefilter"}
+    if extra:
+        raise SignatureError(f"{family}.toml: unknown top-level key(s) {sorted(extra)}")
+    out: list[Signature] = []
+    for n, row in enumerate(rows, 1):
+        where = f"{family}.toml, signature {row.get('id') or f'#{n}'}"
+        unknown = set(row) - _ROW_KEYS
+        if unknown:
+            raise SignatureError(f"{where}: unknown key(s) {sorted(unknown)}")
+        missing = [k for k in _REQUIRED if not isinstance(row.get(k), str) or not row.get(k)]
+        if missing:
+            raise SignatureError(f"{where}: missing or empty {missing}")
+        if row["kind"] not in KINDS:
+            raise SignatureError(f"{where}: kind must be one of {KINDS}")
+        if row["stage"] not in STAGES:
+            raise SignatureError(f"{where}: stage must be one of {STAGES}")
+        if not row["finding"].startswith("logs."):
+            raise SignatureError(f"{where}: finding must be a logs.* id")
+        if known_findings is not None and row["finding"] not in known_findings:
+            raise SignatureError(f"{where}: unknown finding id {row['finding']}")
+        slow = check_linear(row["regex"]) if strict else None
+        if slow:
+            raise SignatureError(f"{where}: regex rejected: {slow}")
+        try:
+            pattern = re.compile(row["regex"], re.MULTILINE)
+        except re.error as exc:  # pragma: no cover - check_linear parses first
+            raise SignatureError(f"{where}: bad regex: {exc}") from exc
+        if pattern.search(row["example"]) is None:
+            raise SignatureError(f"{where}: the example does not match the regex")
+        data = row.get("data", {})
+        if not isinstance(data, dict):
+            raise SignatureError(f"{where}: data must be a table")
+        out.append(
+            Signature(
+                id=row["id"],
+                family=family,
+                pattern=pattern,
+                finding=row["finding"],
+                stage=row["stage"],
+                kind=row["kind"],
+                summary=row["summary"],
+                example=row["example"],
+                data=dict(data),
+            )
+        )
+    return out
+
+
+def build_table(tables: Mapping[str, Mapping[str, Any]], *, strict: bool = True) -> Table:
+    """Rows of all families in priority order: specific, then context/client, generic, unknown."""
+    rows: list[Signature] = []
+    prefilter: list[str] = []
+    seen: set[str] = set()
+    for family, raw in tables.items():
+        for sig in parse_table(raw, family, strict=strict):
+            if sig.id in seen:
+                raise SignatureError(f"{family}.toml: signature {sig.id} appears twice")
+            seen.add(sig.id)
+            rows.append(sig)
+        prefilter.extend(str(k).lower() for k in raw.get("prefilter", []))
+    order = {"specific": 0, "context": 1, "client": 1, "generic": 2, "unknown": 3}
+    rows.sort(key=lambda s: order[s.kind])  # stable: file order within a kind
+    table = Table(signatures=tuple(rows), prefilter=tuple(dict.fromkeys(prefilter)))
+    for sig in rows:
+        if not any(k in sig.example.lower() for k in table.prefilter):
+            raise SignatureError(
+                f"{sig.family}.toml, signature {sig.id}: its example holds no prefilter word"
+            )
+    return table
+
+
+def read_tables() -> dict[str, Mapping[str, Any]]:
+    """The shipped tables as parsed TOML, by family."""
+    base = resources.files("exsa_doctor").joinpath("signatures")
+    tables: dict[str, Mapping[str, Any]] = {}
+    for family in FAMILIES:
+        text = base.joinpath(f"{family}.toml").read_text(encoding="utf-8")
+        try:
+            tables[family] = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise SignatureError(f"{family}.toml: {exc}") from exc
+    return tables
+
+
+@cache
+def load_table() -> Table:
+    """The shipped signature tables, checked (the linear-time proof runs in the tests)."""
+    return build_table(read_tables(), strict=False)

@@ -1,0 +1,224 @@
+"""Fit the evidence weights of the cause table from labelled data; write exsa_doctor/weights.toml.
+
+The model (exsa_doctor/scoring.py): one failure has one root cause, so the causes compete in a
+multinomial logistic model over the causes and "none". A cause's score is its bias plus the
+weights of the findings present that causes.toml relates to it. Which finding bears on which
+cause is the table's knowledge; how much it weighs is fitted here by maximum a posteriori: the
+log-likelihood of the training examples plus a Gaussian prior centred on the table's hand values
+(log likelihood ratios; biases on the log-odds of the cause's prior). With little data a weight
+stays near what the table says; with data it moves to what the data says.
+
+Training data, never the held-out part:
+- the training split of the real-failure corpus (benchmarks/corpus.py splits by thread), each log
+  twice: read offline (logs alone) and as on a machine where nothing runs;
+- the staged scenarios' recorded findings (fixtures/training/scenarios.jsonl, made by
+  scripts/record_scenarios.py), each labelled with the cause it was built to produce.
+A corpus label outside the table ("other") trains "unrecognised-error": the table has no cause
+for it, and that cause says so. Labels the table does not have yet are left out and counted.
+
+Usage: python scripts/fit_weights.py [--exclude-engine NAME] [--output PATH] [--check]
+  --check      fit, compare with the shipped weights.toml, exit 1 if they differ (CI can run it)
+Prints the training-set size and the training log-loss; benchmarks/accuracy.py measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.corpus import NOTHING_RUNNING, OTHER, entries, features_of  # noqa: E402
+from exsa_doctor.causes import load_causes  # noqa: E402
+from exsa_doctor.fitted import NONE_CLASS  # noqa: E402
+
+SCENARIOS = REPO / "fixtures" / "training" / "scenarios.jsonl"
+OUTPUT = REPO / "exsa_doctor" / "weights.toml"
+UNPLACED = frozenset({"logs.unrecognised_error", "logs.load_failed", "logs.not_started"})
+SIGMA_WEIGHT = 1.0  # prior's standard deviation around a hand weight (log units)
+SIGMA_BIAS = 0.5  # base rates are the table's (live use); the corpus's own are not ours
+STEPS = 4000
+LEARNING_RATE = 0.03
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled feature set."""
+
+    source: str
+    label: str
+    features: frozenset[str]
+    engine: str = ""
+
+
+def corpus_examples(exclude_engine: str | None = None) -> tuple[list[Example], dict[str, int]]:
+    out: list[Example] = []
+    skipped: dict[str, int] = {}
+    classes = {c.id for c in load_causes()}
+    for entry in entries():
+        if entry.split != "train" or entry.engine == exclude_engine:
+            continue
+        feats = frozenset(features_of(entry.path))
+        label = outside_label(feats) if entry.cause == OTHER else entry.cause
+        if label not in classes and label != NONE_CLASS:
+            skipped[entry.cause] = skipped.get(entry.cause, 0) + 1
+            continue
+        out.append(Example(f"corpus:{entry.id}", label, feats, entry.engine))
+        out.append(
+            Example(f"corpus:{entry.id}+machine", label, feats | set(NOTHING_RUNNING), entry.engine)
+        )
+    return out, skipped
+
+
+def outside_label(features: frozenset[str]) -> str:
+    """The right answer for a failure outside the table: `unrecognised-error` where the log holds
+    a failure line the doctor cannot place, else "none" (nothing in the table applies)."""
+    return "unrecognised-error" if features & UNPLACED else NONE_CLASS
+
+
+def scenario_examples() -> list[Example]:
+    if not SCENARIOS.is_file():
+        return []
+    out = []
+    for line in SCENARIOS.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            out.append(Example(row["source"], row["label"], frozenset(row["findings"])))
+    return out
+
+
+def fit(examples: Sequence[Example]) -> tuple[dict[str, float], dict[str, dict[str, float]], float]:
+    """MAP fit; returns biases, weights (by cause, finding) and the training log-loss."""
+    causes = load_causes()
+    classes = [c.id for c in causes]
+    features = sorted({f for c in causes for f in c.evidence})
+    col = {f: i for i, f in enumerate(features)}
+    k, m, n = len(classes), len(features), len(examples)
+    mask = np.zeros((k, m))
+    w0 = np.zeros((k, m))
+    for i, cause in enumerate(causes):
+        for fid, lr in cause.evidence.items():
+            mask[i, col[fid]] = 1.0
+            w0[i, col[fid]] = math.log(lr)
+    b0 = np.array([math.log(c.prior / (1 - c.prior)) for c in causes])
+    x = np.zeros((n, m))
+    y = np.zeros((n, k + 1))
+    index = {c: i for i, c in enumerate(classes)} | {NONE_CLASS: k}
+    for r, ex in enumerate(examples):
+        for f in ex.features:
+            if f in col:
+                x[r, col[f]] = 1.0
+        y[r, index[ex.label]] = 1.0
+    w = w0.copy()
+    b = b0.copy()
+    # Adam on the negative log posterior
+    mw = np.zeros_like(w)
+    vw = np.zeros_like(w)
+    mb = np.zeros_like(b)
+    vb = np.zeros_like(b)
+    loss = 0.0
+    for step in range(1, STEPS + 1):
+        z = x @ (w * mask).T + b  # n x k
+        z = np.concatenate([z, np.zeros((n, 1))], axis=1)  # "none" scores 0
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        loss = float(-(y * np.log(p + 1e-12)).sum() / max(n, 1))
+        g = (p - y)[:, :k]  # n x k
+        gw = (g.T @ x) * mask + (w - w0) * mask / SIGMA_WEIGHT**2
+        gb = g.sum(axis=0) + (b - b0) / SIGMA_BIAS**2
+        _adam(w, gw, mw, vw, step)
+        _adam(b, gb, mb, vb, step)
+    biases = {c: round(float(b[i]), 4) for i, c in enumerate(classes)}
+    weights = {
+        c: {features[j]: round(float(w[i, j]), 4) for j in range(m) if mask[i, j]}
+        for i, c in enumerate(classes)
+    }
+    return biases, weights, loss
+
+
+def _adam(param: np.ndarray, grad: np.ndarray, mom: np.ndarray, vel: np.ndarray, step: int) -> None:
+    """One Adam step, in place."""
+    mom[...] = 0.9 * mom + 0.1 * grad
+    vel[...] = 0.999 * vel + 0.001 * grad**2
+    mhat = mom / (1 - 0.9**step)
+    vhat = vel / (1 - 0.999**step)
+    param[...] = param - LEARNING_RATE * mhat / (np.sqrt(vhat) + 1e-8)
+
+
+def digest(examples: Sequence[Example]) -> str:
+    h = hashlib.sha256()
+    for ex in sorted(examples, key=lambda e: e.source):
+        h.update(f"{ex.source}\t{ex.label}\t{','.join(sorted(ex.features))}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def render(
+    biases: dict[str, float],
+    weights: dict[str, dict[str, float]],
+    examples: Sequence[Example],
+    skipped: dict[str, int],
+) -> str:
+    corpus = sum(1 for e in examples if e.source.startswith("corpus:")) // 2
+    scen = sum(1 for e in examples if not e.source.startswith("corpus:"))
+    lines = [
+        "# Fitted by scripts/fit_weights.py from labelled data. Do not edit by hand: change",
+        "# causes.toml (knowledge) or the data, then fit again. See docs/accuracy.md.",
+        "",
+        "[meta]",
+        f"corpus_train_logs = {corpus}",
+        f"scenario_examples = {scen}",
+        f'training_digest = "{digest(examples)}"',
+        f"sigma_weight = {SIGMA_WEIGHT}",
+        f"sigma_bias = {SIGMA_BIAS}",
+        "skipped_labels = { "
+        + ", ".join(f'"{k}" = {v}' for k, v in sorted(skipped.items()))
+        + " }",
+        "",
+        "temperature = 1.0",
+        "",
+        "[none]",
+        "bias = 0.0",
+    ]
+    for cid, bias in biases.items():
+        lines += ["", f'[cause."{cid}"]', f"bias = {bias}", f'[cause."{cid}".weights]']
+        lines += [f'"{fid}" = {value}' for fid, value in weights[cid].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--exclude-engine", default=None)
+    ap.add_argument("--output", type=Path, default=OUTPUT)
+    ap.add_argument("--check", action="store_true")
+    args = ap.parse_args(argv)
+    corpus, skipped = corpus_examples(args.exclude_engine)
+    examples = corpus + scenario_examples()
+    biases, weights, loss = fit(examples)
+    text = render(biases, weights, examples, skipped)
+    print(
+        f"fitted on {len(corpus) // 2} training logs (x2 views) + "
+        f"{len(examples) - len(corpus)} scenario examples; training log-loss {loss:.3f}"
+        + (f"; labels not in the table, left out: {skipped}" if skipped else ""),
+        file=sys.stderr,
+    )
+    if args.check:
+        same = args.output.is_file() and args.output.read_text(encoding="utf-8") == text
+        print("weights.toml is up to date" if same else "weights.toml is stale: fit again")
+        return 0 if same else 1
+    args.output.write_text(text, encoding="utf-8")
+    print(args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,237 @@
+"""Log signatures as data: every row checked, the causal reading, mangled pastes, bad tables."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exsa_doctor.parsers.logs import parse_log, unmangle
+from exsa_doctor.probes.logs import REFINED_FINDINGS, SIGNATURE_FINDINGS, LogsProbe
+from exsa_doctor.profiles import load_builtin
+from exsa_doctor.signatures import (
+    Hit,
+    SignatureError,
+    build_table,
+    check_linear,
+    load_table,
+    read_chain,
+    read_tables,
+    render_summary,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+HOSTILE_LINE = REPO / "fixtures" / "hostile" / "logs" / "giant_line.log"
+TABLE = load_table()
+ROWS = TABLE.signatures
+
+
+def test_the_tables_pass_the_strict_check_linear_time_included() -> None:
+    strict = build_table(read_tables(), strict=True)
+    assert len(strict.signatures) == len(ROWS) >= 100
+
+
+@pytest.mark.parametrize("sig", ROWS, ids=lambda s: s.id)
+def test_each_example_is_matched_by_its_own_row_first(sig: Any) -> None:
+    found = TABLE.match_line(sig.example)
+    assert found is not None, f"{sig.id}: its example passes no prefilter word or no row"
+    assert found[0].id == sig.id, f"{sig.id}'s example is taken by {found[0].id} first"
+
+
+@pytest.mark.parametrize("sig", ROWS, ids=lambda s: s.id)
+def test_each_summary_fills_from_its_example(sig: Any) -> None:
+    found = TABLE.match_line(sig.example)
+    assert found is not None
+    values = {**sig.data, **found[1]}
+    text = render_summary(sig.summary, values)
+    assert re.search(r"\{[a-z_0-9]+\}", text) is None, text
+    assert "…" not in text, f"{sig.id}: a required placeholder is empty on its own example: {text}"
+
+
+def test_every_finding_a_signature_raises_is_declared_by_the_logs_probe() -> None:
+    raised = {s.finding for s in ROWS}
+    assert raised <= set(SIGNATURE_FINDINGS)
+    assert set(SIGNATURE_FINDINGS) <= set(LogsProbe.emits)
+    assert set(REFINED_FINDINGS) <= set(LogsProbe.emits)
+
+
+def _adversarial_unit(sig: Any) -> str:
+    # the row's own example, then its first 24 characters again and again: every literal prefix
+    # matches thousands of times and the rest never does
+    return sig.example + " " + sig.example[:24] * 40
+
+
+@pytest.mark.parametrize("sig", ROWS, ids=lambda s: s.id)
+def test_each_regex_finishes_on_a_1_mb_adversarial_line(sig: Any) -> None:
+    unit = _adversarial_unit(sig)
+    line = unit * (1_000_000 // len(unit) + 1)
+    assert len(line) >= 1_000_000
+    # a quadratic pattern would not come back from this (10^12 steps); a linear one does, with
+    # the same answer as on one unit of it
+    assert (sig.pattern.search(line) is None) == (sig.pattern.search(unit) is None)
+
+
+def test_the_hostile_giant_line_costs_one_bounded_scan() -> None:
+    data = HOSTILE_LINE.read_bytes()
+    report = parse_log(data, load_builtin("llama-server"))
+    assert report.lines >= 1
+
+
+@pytest.mark.parametrize(
+    ("pattern", "why"),
+    [
+        (r"error: (.*) failed", "unbounded repeat"),
+        (r"(a+)+b", "unbounded repeat"),
+        (r"x{0,5000}", "bounded above"),
+        (r"(a)\1", "back reference"),
+        (r"(", "bad regex"),
+    ],
+)
+def test_slow_or_broken_regexes_are_refused(pattern: str, why: str) -> None:
+    problem = check_linear(pattern)
+    assert problem is not None and why in problem
+
+
+def test_linear_patterns_are_accepted() -> None:
+    assert check_linear(r"unknown model architecture: '(?P<arch>[^']{1,100})'") is None
+    assert check_linear(r"Model validation failed:\s{0,20}(?P<reason>.*)") is None
+    assert check_linear(r"^Killed\s*$") is None
+
+
+def _table_with(row_changes: dict[str, Any]) -> dict[str, Any]:
+    tables = copy.deepcopy(read_tables())
+    tables["llamacpp"]["signature"][0].update(row_changes)
+    return tables
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"colour": "red"}, "unknown key(s) ['colour']"),
+        ({"regex": "(unclosed"}, "bad regex"),
+        ({"regex": "a.*b"}, "unbounded repeat"),
+        ({"kind": "maybe"}, "kind must be one of"),
+        ({"stage": "lunch"}, "stage must be one of"),
+        ({"finding": "model.missing"}, "must be a logs.* id"),
+        ({"example": "nothing like it"}, "the example does not match"),
+        ({"summary": ""}, "missing or empty ['summary']"),
+    ],
+)
+def test_bad_rows_are_load_errors_naming_file_and_row(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(SignatureError) as info:
+        build_table(_table_with(change))
+    text = str(info.value)
+    assert text.startswith("llamacpp.toml, signature llamacpp.unknown-architecture"), text
+    assert message in text, text
+
+
+def test_a_duplicate_id_is_a_load_error() -> None:
+    tables = copy.deepcopy(read_tables())
+    tables["ollama"]["signature"].append(dict(tables["llamacpp"]["signature"][0]))
+    with pytest.raises(SignatureError, match="appears twice"):
+        build_table(tables)
+
+
+# ------------------------------------------------------------------------------ causal reading
+
+
+def _hits(text: str) -> list[Hit]:
+    return TABLE.scan(text.split("\n"))
+
+
+LOAD_FAILURE = """\
+build: 4410 (9a1e) with cc
+llama_model_loader: loaded meta data with 30 key-value pairs
+llama_model_load: error loading model: error loading model architecture: unknown model architecture: 'gemma3n'
+llama_load_model_from_file: failed to load model
+srv    load_model: failed to load model, '/m/x.gguf'
+main: exiting due to model loading error"""
+
+
+def test_the_earliest_specific_error_is_the_root_and_explains_the_generic_lines() -> None:
+    chain = read_chain(_hits(LOAD_FAILURE))
+    assert chain.root is not None
+    assert chain.root.signature.id == "llamacpp.unknown-architecture"
+    assert chain.root.groups["arch"] == "gemma3n"
+    assert len(chain.generic) == 3
+    assert all(h.signature.kind == "generic" for h in chain.generic)
+
+
+def test_generic_lines_alone_have_no_root() -> None:
+    text = "\n".join(LOAD_FAILURE.split("\n")[:2] + LOAD_FAILURE.split("\n")[3:])
+    chain = read_chain(_hits(text))
+    assert chain.root is None
+    assert chain.generic and chain.generic[0].signature.finding == "logs.load_failed"
+
+
+def test_an_unknown_fatal_line_is_kept_for_quoting() -> None:
+    chain = read_chain(_hits("starting\nRuntimeError: the flux capacitor is not charged\n"))
+    assert chain.root is None
+    assert [h.signature.finding for h in chain.unknown] == ["logs.unrecognised_error"]
+    assert "flux capacitor" in chain.unknown[0].line
+
+
+def test_an_error_the_run_survived_is_context_not_a_root() -> None:
+    text = "warning: failed to mlock 4096-byte buffer\nmain: server is listening on http://127.0.0.1:8080"
+    hits = _hits(text)
+    chain = read_chain(hits, listening_line=1)
+    assert chain.root is None
+    assert [h.signature.id for h in chain.context] == ["llamacpp.mlock"]
+
+
+def test_a_bind_failure_after_listening_elsewhere_is_still_a_root() -> None:
+    text = "listening\nError: listen tcp 127.0.0.1:11434: bind: address already in use"
+    chain = read_chain(_hits(text), listening_line=0)
+    assert chain.root is not None and chain.root.signature.finding == "logs.bind_failed"
+
+
+# ------------------------------------------------------------------------------ mangled pastes
+
+
+def test_a_flattened_paste_is_split_back_into_lines() -> None:
+    flat = " ".join(LOAD_FAILURE.split("\n"))
+    lines = unmangle(flat).split("\n")
+    assert len(lines) >= 4
+    chain = read_chain(TABLE.scan(lines))
+    assert chain.root is not None and chain.root.groups["arch"] == "gemma3n"
+
+
+def test_a_json_wrapped_paste_with_escaped_newlines_is_read() -> None:
+    wrapped = '{"cause": "' + LOAD_FAILURE.replace("\n", "\\n") + '"}'
+    report = parse_log(wrapped.encode(), load_builtin("llama-server"))
+    chain = read_chain(report.hits)
+    assert chain.root is not None and chain.root.signature.id == "llamacpp.unknown-architecture"
+
+
+def test_ansi_colours_do_not_hide_a_signature() -> None:
+    coloured = "\x1b[31mError: listen tcp 127.0.0.1:11434: bind: address already in use\x1b[0m\n"
+    report = parse_log(coloured.encode(), load_builtin("ollama"))
+    assert [h.signature.id for h in report.hits] == ["ollama.bind-in-use"]
+
+
+def test_a_log_cut_at_the_front_still_has_its_root() -> None:
+    cut = LOAD_FAILURE[LOAD_FAILURE.index("odel_load: error") :]
+    report = parse_log(cut.encode(), load_builtin("llama-server"))
+    chain = read_chain(report.hits)
+    assert chain.root is not None and chain.root.groups["arch"] == "gemma3n"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=2000))
+def test_scanning_arbitrary_text_never_raises(text: str) -> None:
+    hits = TABLE.scan(text.split("\n"))
+    chain = read_chain(hits)
+    for hit in hits:
+        assert isinstance(hit.summary, str)
+    assert chain.root is None or chain.root in hits
+
+
+def test_the_row_order_puts_specific_rows_first() -> None:
+    kinds = [s.kind for s in ROWS]
+    order = {"specific": 0, "context": 1, "client": 1, "generic": 2, "unknown": 3}
+    assert kinds == sorted(kinds, key=lambda k: order[k])
