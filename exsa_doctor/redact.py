@@ -46,7 +46,8 @@ TAG_PATTERN = re.compile(r"\[REDACTED:(?P<kind>[a-z0-9-]+):(?P<tag>[0-9a-f]{4})\
 _TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _JWT_CHARS = _TOKEN_CHARS | frozenset(".+/=")
 _BASE64_LINE = re.compile(r"[A-Za-z0-9+/=]{16,}")
-_KEYWORD_VALUE = re.compile(r"[^\s,;&\"'`)\]}]+")
+# a keyword's value ends at a space, a quote, a separator, or `&name=` (the next query field)
+_KEYWORD_VALUE = re.compile(r"(?:[^\s,;&\"'`)\]}]|&(?!\w+=))+")
 _PRIVATE_KEY_END = re.compile(r"-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
 _PRIVATE_KEY_SEARCH = 64 * 1024  # a key block is a few KB; never scan a whole log for its end
 
@@ -62,6 +63,7 @@ class LibraryRule:
     plugin: str  # "module:Class"
     kind: str
     span: str  # token | jwt | exact | keyword | entropy | private-key
+    strip: str = ""  # a prefix the plugin yields with the value (`AccountKey=`)
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,8 @@ class Rules:
 def parse_rules(data: Mapping[str, Any]) -> Rules:
     """Build `Rules` from the parsed TOML; a bad table raises ValueError naming the entry."""
     library = tuple(
-        LibraryRule(str(e["plugin"]), str(e["kind"]), str(e["span"])) for e in data["library"]
+        LibraryRule(str(e["plugin"]), str(e["kind"]), str(e["span"]), str(e.get("strip", "")))
+        for e in data["library"]
     )
     spans = {"token", "jwt", "exact", "keyword", "entropy", "private-key"}
     for lib in library:
@@ -201,12 +204,14 @@ class Redaction:
     line: int  # 1-based; 0 when the place is not a line of a text
 
 
-def _widen(text: str, start: int, end: int, chars: frozenset[str]) -> tuple[int, int]:
-    while start > 0 and text[start - 1] in chars:
-        start -= 1
+def _widen(text: str, end: int, chars: frozenset[str]) -> int:
+    """Where a token that a plugin found the start of really ends (a sentence's full stop is
+    not part of it)."""
     while end < len(text) and text[end] in chars:
         end += 1
-    return start, end
+    while end > 0 and text[end - 1] == ".":
+        end -= 1
+    return end
 
 
 def _private_key_end(text: str, start: int) -> int:
@@ -266,6 +271,8 @@ class Detector:
         self, text: str, line: str, offset: int, rule: LibraryRule, plugin: _Plugin, raw: str
     ) -> list[Span]:
         value = raw.strip(" \t\r\n\"'=:")
+        if rule.strip and value.startswith(rule.strip):
+            value = value[len(rule.strip) :]
         if rule.span == "keyword":
             first = _KEYWORD_VALUE.match(value)
             value = first.group(0) if first else ""
@@ -286,9 +293,9 @@ class Detector:
         while pos >= 0:
             start, end = offset + pos, offset + pos + len(value)
             if rule.span == "token":
-                start, end = _widen(text, start, end, _TOKEN_CHARS)
+                end = max(end, _widen(text, end, _TOKEN_CHARS))
             elif rule.span == "jwt":
-                start, end = _widen(text, start, end, _JWT_CHARS)
+                end = max(end, _widen(text, end, _JWT_CHARS))
             elif rule.span == "private-key":
                 begin = text.rfind("-----", _line_start(text, start), start)
                 start = begin if begin >= 0 else start
