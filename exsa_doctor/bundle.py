@@ -223,11 +223,14 @@ def build_bundle(
 
     redactor = Redactor()
     redactor.learn_environment(dict(os.environ) if extra_environ is None else extra_environ)
-    processes = _gather_processes(list(engines), context)
-    # learn from every raw text first, so a secret seen anywhere is replaced everywhere
-    for info, _engine, _roles in processes:
+    engines = list(engines)
+    processes = _gather_processes(engines, context)
+    # learn from every raw text first, so a secret seen anywhere is replaced everywhere; every
+    # engine's, not only the bundled ones': the report mentions them all
+    infos = {e.pid: e.info for e in engines} | {info.pid: info for info, _e, _r in processes}
+    for pid, info in sorted(infos.items()):
         redactor.learn_argv(info.cmdline)
-        env = environ_of(info.pid)
+        env = environ_of(pid)
         if env is not None:
             redactor.learn_environment(env)
     log_texts: list[tuple[Path, str]] = []

@@ -179,10 +179,11 @@ def test_places_name_file_and_line() -> None:
 
 
 def test_a_rule_without_a_secret_group_is_refused() -> None:
-    import tomllib
     from importlib import resources
 
-    data = tomllib.loads(
+    from exsa_doctor import redact
+
+    data = redact.tomllib.loads(
         resources.files("exsa_doctor").joinpath("redaction.toml").read_text(encoding="utf-8")
     )
     data["rules"][0]["pattern"] = "--api-key (\\S+)"
