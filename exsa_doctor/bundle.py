@@ -1,10 +1,12 @@
 """The support bundle: one redacted .tar.gz that support can triage without access to the machine.
 
 Everything is gathered and redacted in memory first; the only file written is the archive at
-`--output`. Contents: the report as JSON, Markdown and HTML; the head and tail of each log; the
-engine process table with command lines and environments; the model header summary; system
-facts; and `manifest.json`, which lists every file and how many secrets of each kind were
-redacted (counts, never values).
+`--output` (nothing at all with `dry_run`). Contents: the report as JSON, Markdown and HTML; the
+head and tail of each log; the processes that matter to the target (its engine, the port's
+holder, the model's holders) with command lines and an allow-listed environment (the variables
+that matter to an engine with values, every other one by name only); the model header summary;
+system facts; and `manifest.json`, which lists every file and how many secrets of each kind were
+redacted in each (counts, never values). Redaction itself is `exsa_doctor.redact`.
 """
 
 from __future__ import annotations
@@ -22,18 +24,31 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from exsa_doctor import __version__
 from exsa_doctor.model import Diagnosis
-from exsa_doctor.oslayer.procs import environ_of
-from exsa_doctor.oslayer.types import EngineProcess
-from exsa_doctor.redact import Redactor
+from exsa_doctor.oslayer.procs import describe, environ_of
+from exsa_doctor.oslayer.types import EngineProcess, ProcessInfo
+from exsa_doctor.redact import Redaction, Redactor
+
+if TYPE_CHECKING:
+    from exsa_doctor.context import Context
+    from exsa_doctor.target import Target
 
 LOG_HEAD_BYTES = 64 * 1024
 LOG_TAIL_BYTES = 1024 * 1024
+# after the run's deadline, what the bundle may still spend to learn the port's and the model's
+# holders when the probes did not read them (`--probe` left them out)
+_HOLDERS_BUDGET_S = 2.0
+TAG_NOTE = (
+    "Each secret was replaced by [REDACTED:<kind>:<tag>]; <tag> is 4 hex digits of an "
+    "HMAC-SHA256 of the secret under a random key made for this bundle and never stored: the same "
+    "secret has the same tag throughout this bundle, and the tag cannot be checked against "
+    "guesses. Environment variables that do not matter to an engine are listed by name only."
+)
 
 
 @dataclass
@@ -45,12 +60,16 @@ class _Member:
 
 @dataclass
 class BundleResult:
-    """What was written, for the CLI to tell the user."""
+    """What was (or, for a dry run, would be) written, for the CLI to tell the user."""
 
     path: Path
     files: list[str] = field(default_factory=list)
     redactions: dict[str, int] = field(default_factory=dict)
     size: int = 0
+    written: bool = True
+    file_bytes: dict[str, int] = field(default_factory=dict)
+    places: list[Redaction] = field(default_factory=list)
+    processes: list[tuple[int, list[str]]] = field(default_factory=list)  # pid, roles
 
 
 def read_head_and_tail(path: Path, head: int = LOG_HEAD_BYTES, tail: int = LOG_TAIL_BYTES) -> str:
@@ -104,32 +123,88 @@ def system_facts() -> dict[str, Any]:
     return facts
 
 
-def _engine_rows(engines: Iterable[EngineProcess], redactor: Redactor) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for engine in engines:
-        info = engine.info
-        env = environ_of(info.pid)
-        if env is not None:
-            redactor.learn_environment(env)
-        rows.append(
-            {
-                "pid": info.pid,
-                "ppid": info.ppid,
-                "profile": engine.profile,
-                "state": info.state,
-                "orphaned": info.orphaned,
-                "user": info.username,
-                "started": info.create_time,
-                "rss_bytes": info.rss_bytes,
-                "threads": info.threads,
-                "model": engine.model,
-                "port": engine.configured_port,
-                "cmdline": list(info.cmdline),
-                "environment": env,
-                "environment_hidden": env is None,
-            }
+def _target_engine_pids(engines: Iterable[EngineProcess], target: Target) -> set[int]:
+    """The target's own engine instances: --pid, else the target profile's on the target port."""
+    engines = list(engines)
+    if target.pids:
+        return set(target.pids)
+    mine = [e for e in engines if e.profile == target.profile.name]
+    default = target.profile.default_port
+    for_port = [e for e in mine if (e.configured_port or default) == target.port]
+    listening = {e.pid for e in engines if any(p == target.port for _, p in e.listening)}
+    return {e.pid for e in (for_port or mine)} | listening
+
+
+def related_processes(engines: Iterable[EngineProcess], context: Context) -> dict[int, list[str]]:
+    """PID -> roles of the processes that matter to the target: its engine, the port's holder,
+    the model's holders. Reuses what the probes read; reads what they did not, briefly."""
+    from exsa_doctor.probes.modelfile import model_holders
+    from exsa_doctor.probes.port import shared_listeners
+
+    roles: dict[int, list[str]] = {}
+    for pid in sorted(_target_engine_pids(engines, context.target)):
+        roles.setdefault(pid, []).append("target engine")
+    # the run is over; give the memoised look-ups a short budget of their own if still needed
+    context.deadline = max(context.deadline, time.monotonic() + _HOLDERS_BUDGET_S)
+    with contextlib.suppress(Exception):  # a failed look-up costs the rows, never the bundle
+        scan = shared_listeners(context, context.target.port)
+        for listener in scan.listeners:
+            if listener.pid is not None:
+                roles.setdefault(listener.pid, []).append("port holder")
+    with contextlib.suppress(Exception):
+        holders = model_holders(context)
+        if holders is not None:
+            pids = {*holders.open_by, *holders.mapped_by}
+            pids |= {lock.pid for lock in holders.locks if lock.pid is not None}
+            for pid in sorted(pids):
+                roles.setdefault(pid, []).append("model holder")
+    return {pid: sorted(set(r)) for pid, r in roles.items() if pid != os.getpid()}
+
+
+def _row(
+    info: ProcessInfo, engine: EngineProcess | None, roles: list[str], redactor: Redactor
+) -> dict[str, Any]:
+    place = f"processes.json pid {info.pid}"
+    env = environ_of(info.pid)
+    kept: dict[str, str] | None = None
+    names_only: list[str] = []
+    if env is not None:
+        kept, names_only = redactor.environment(
+            env, engine.profile if engine else None, f"{place} env"
         )
-    return rows
+    return {
+        "pid": info.pid,
+        "ppid": info.ppid,
+        "roles": roles,
+        "profile": engine.profile if engine else None,
+        "state": info.state,
+        "orphaned": info.orphaned,
+        "user": info.username,
+        "started": info.create_time,
+        "rss_bytes": info.rss_bytes,
+        "threads": info.threads,
+        "model": redactor.text(engine.model, f"{place} model") if engine and engine.model else None,
+        "port": engine.configured_port if engine else None,
+        "cmdline": [redactor.text(a, f"{place} argv[{i}]") for i, a in enumerate(info.cmdline)],
+        "environment": kept,
+        "environment_names_only": names_only,
+        "environment_hidden": env is None,
+    }
+
+
+def _gather_processes(
+    engines: list[EngineProcess], context: Context | None
+) -> list[tuple[ProcessInfo, EngineProcess | None, list[str]]]:
+    if context is None:  # a library caller chose the engines itself
+        return [(e.info, e, ["engine"]) for e in engines]
+    by_pid = {e.pid: e for e in engines}
+    out: list[tuple[ProcessInfo, EngineProcess | None, list[str]]] = []
+    for pid, roles in sorted(related_processes(engines, context).items()):
+        engine = by_pid.get(pid)
+        info = engine.info if engine else describe(pid)
+        if info is not None:
+            out.append((info, engine, roles))
+    return out
 
 
 def build_bundle(
@@ -138,16 +213,26 @@ def build_bundle(
     logs: Iterable[Path],
     output: Path,
     extra_environ: dict[str, str] | None = None,
+    context: Context | None = None,
+    dry_run: bool = False,
 ) -> BundleResult:
-    """Gather, redact and write the bundle to `output` (a .tar.gz)."""
+    """Gather, redact and write the bundle to `output` (a .tar.gz); with `dry_run`, only say
+    what would be written. With `context` (the diagnosis run's), only the processes that matter
+    to its target go in; without, every engine given."""
     from exsa_doctor.render import render_as
 
     redactor = Redactor()
     redactor.learn_environment(dict(os.environ) if extra_environ is None else extra_environ)
-    rows = _engine_rows(engines, redactor)
-    for row in rows:
-        redactor.learn_text(" ".join(row["cmdline"]))
-    # raw texts first, so every secret is known before anything is redacted
+    engines = list(engines)
+    processes = _gather_processes(engines, context)
+    # learn from every raw text first, so a secret seen anywhere is replaced everywhere; every
+    # engine's, not only the bundled ones': the report mentions them all
+    infos = {e.pid: e.info for e in engines} | {info.pid: info for info, _e, _r in processes}
+    for pid, info in sorted(infos.items()):
+        redactor.learn_argv(info.cmdline)
+        env = environ_of(pid)
+        if env is not None:
+            redactor.learn_environment(env)
     log_texts: list[tuple[Path, str]] = []
     members: list[_Member] = []
     for path in logs:
@@ -158,51 +243,81 @@ def build_bundle(
             continue
         redactor.learn_text(text)
         log_texts.append((path, text))
-    for row in rows:
-        row["cmdline"] = redactor.argv(row["cmdline"])
-        if row["environment"] is not None:
-            row["environment"] = redactor.environment(row["environment"])
-    for fmt, name in (("json", "report.json"), ("markdown", "report.md"), ("html", "report.html")):
-        members.append(_Member(name, redactor.text(render_as(diagnosis, fmt)).encode()))
+    reports = [
+        (name, render_as(diagnosis, fmt))
+        for fmt, name in (
+            ("json", "report.json"),
+            ("markdown", "report.md"),
+            ("html", "report.html"),
+        )
+    ]
+    for _name, text in reports:
+        redactor.learn_text(text)
+
+    for name, text in reports:
+        members.append(_Member(name, redactor.text(text, name).encode()))
     seen: set[str] = set()
     for path, text in log_texts:
         name = f"logs/{path.name}"
         while name in seen:
             name += "_"
         seen.add(name)
-        members.append(_Member(name, redactor.text(text).encode(), "head and tail kept"))
-    members.append(
-        _Member("processes.json", redactor.text(json.dumps(rows, indent=2, default=str)).encode())
-    )
+        members.append(_Member(name, redactor.text(text, name).encode(), "head and tail kept"))
+    rows = [_row(info, engine, roles, redactor) for info, engine, roles in processes]
+    members.append(_Member("processes.json", json.dumps(rows, indent=2, default=str).encode()))
     model = {f.id: dict(f.data) for f in diagnosis.findings if f.probe == "model"}
-    members.append(
-        _Member("model.json", redactor.text(json.dumps(model, indent=2, default=str)).encode())
-    )
-    members.append(
-        _Member("system.json", redactor.text(json.dumps(system_facts(), indent=2)).encode())
-    )
+    model_json = json.dumps(model, indent=2, default=str)
+    members.append(_Member("model.json", redactor.text(model_json, "model.json").encode()))
+    system_json = json.dumps(system_facts(), indent=2)
+    members.append(_Member("system.json", redactor.text(system_json, "system.json").encode()))
     manifest = {
         "tool": {"name": "exsa-doctor", "version": __version__},
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "files": [{"name": m.name, "bytes": len(m.data), "note": m.note} for m in members],
+        "processes": [{"pid": info.pid, "roles": roles} for info, _e, roles in processes],
         "redactions": redactor.summary(),
-        "note": "Values of secret-named variables, URL credentials, bearer tokens and secret "
-        "arguments were replaced by [REDACTED] everywhere before this archive was written.",
+        "redactions_by_file": redactor.by_place(),
+        "note": TAG_NOTE,
     }
     members.append(_Member("manifest.json", json.dumps(manifest, indent=2).encode()))
+    result = BundleResult(
+        path=output,
+        files=[m.name for m in members],
+        redactions=redactor.summary(),
+        written=not dry_run,
+        file_bytes={m.name: len(m.data) for m in members},
+        places=list(redactor.redactions),
+        processes=[(info.pid, roles) for info, _e, roles in processes],
+    )
+    if dry_run:
+        return result
     buffer = io.BytesIO()
     stamp = time.time()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         for m in members:
-            info = tarfile.TarInfo(name=f"exsa-doctor-bundle/{m.name}")
-            info.size = len(m.data)
-            info.mtime = int(stamp)
-            info.mode = 0o600
-            tar.addfile(info, io.BytesIO(m.data))
+            entry = tarfile.TarInfo(name=f"exsa-doctor-bundle/{m.name}")
+            entry.size = len(m.data)
+            entry.mtime = int(stamp)
+            entry.mode = 0o600
+            tar.addfile(entry, io.BytesIO(m.data))
     output.write_bytes(buffer.getvalue())
-    return BundleResult(
-        path=output,
-        files=[m.name for m in members],
-        redactions=redactor.summary(),
-        size=len(buffer.getvalue()),
-    )
+    result.size = len(buffer.getvalue())
+    return result
+
+
+def plan_text(result: BundleResult) -> str:
+    """What a dry run would put in the bundle: every file, every process, every redaction."""
+    lines = [f"exsa-doctor bundle --dry-run: nothing written; {result.path} would hold:"]
+    for name in result.files:
+        lines.append(f"  {name}  ({result.file_bytes.get(name, 0)} bytes)")
+    lines.append(f"processes ({len(result.processes)}):")
+    for pid, roles in result.processes:
+        lines.append(f"  pid {pid}: {', '.join(roles)}")
+    total = sum(result.redactions.values())
+    lines.append(f"redactions ({total}):")
+    for kind, count in result.redactions.items():
+        lines.append(f"  {kind}: {count}")
+    for r in result.places:
+        where = f"{r.place}:{r.line}" if r.line else r.place
+        lines.append(f"  {r.kind}  at {where}")
+    return "\n".join(lines) + "\n"

@@ -435,6 +435,10 @@ def bundle(
     health_path: HealthPathOpt = None,
     ready_marker: ReadyMarkerOpt = None,
     process_name: ProcessNameOpt = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="List every file and redaction; write nothing."),
+    ] = False,
 ) -> None:
     """Diagnose, then write a redacted support bundle (reports, log tails, processes, system)."""
     from exsa_doctor.bundle import build_bundle
@@ -472,9 +476,16 @@ def bundle(
 
         engines, _ = find_engines(all_builtin(), deadline=_time.monotonic() + 2.0)
     try:
-        result = build_bundle(diagnosis, engines, target.logs, output)
+        result = build_bundle(
+            diagnosis, engines, target.logs, output, context=kept[0], dry_run=dry_run
+        )
     except OSError as exc:
         fail_usage(f"cannot write --output {output}: {exc.strerror or exc}")
+    if dry_run:
+        from exsa_doctor.bundle import plan_text
+
+        sys.stdout.write(plan_text(result))
+        raise typer.Exit(exit_code_for(diagnosis.verdict.value))
     redacted = sum(result.redactions.values())
     sys.stderr.write(
         f"exsa-doctor: wrote {result.path} ({result.size} bytes, {len(result.files)} files, "
