@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -270,11 +271,15 @@ def _check_logs(log: list[Path] | None) -> dict[str, bytes]:
                 )
             inline[STDIN_LOG] = data
             continue
-        if not path.exists():
+        try:
+            st = path.stat()
+        except FileNotFoundError:
             fail_usage(f"--log {path}: no such file")
-        if path.is_dir():
+        except OSError as exc:  # a folder we may not enter, a loop of links
+            fail_usage(f"--log {path}: cannot be read ({exc.strerror or exc})")
+        if stat.S_ISDIR(st.st_mode):
             fail_usage(f"--log {path} is a directory; give the log file")
-        if not path.is_file():
+        if not stat.S_ISREG(st.st_mode):
             fail_usage(f"--log {path}: not a regular file (a FIFO or a device)")
         try:
             with path.open("rb") as fh:

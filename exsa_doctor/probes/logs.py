@@ -367,11 +367,17 @@ class LogsProbe(Probe):
         seen.add(sig.finding)
         t = report.hit_times[report.hits.index(hit)] if hit in report.hits else None
         values = hit.values
-        # a later line of the same kind may say more (the stage of an allocation that failed)
+        summary = hit.summary
+        # a later line of the same finding may say more: what it knows by its row (the stage of an
+        # allocation that failed, the kind of model problem) wins; its captures fill gaps
         for later in explains:
             if later.signature.finding == sig.finding:
-                for key, value in later.values.items():
+                values.update(later.signature.data)
+                for key, value in later.groups.items():
                     values.setdefault(key, value)
+                if later.signature.stage != sig.stage or later.signature.data:
+                    summary = f"{summary}; then: {later.summary}"
+                break
         data: dict[str, Any] = {
             "t": t,
             "line": hit.line,
@@ -383,6 +389,7 @@ class LogsProbe(Probe):
             **values,
         }
         data.setdefault("reason", hit.line)  # the engine's own words; the summary explains them
+        data["explanation"] = summary
         if sig.finding == "logs.bind_failed" or "address" in data:
             host, port = split_address(data.get("address"))
             if data.get("host"):
@@ -401,7 +408,7 @@ class LogsProbe(Probe):
         if sig.kind == "client":
             level = Level.WARNING
         where = f" (log line {hit.lineno + 1})"
-        return out.add(self.finding(sig.finding, level, hit.summary + where, data))
+        return out.add(self.finding(sig.finding, level, summary + where, data))
 
     def _refine_bind(self, out: ProbeOutput, finding: Finding) -> None:
         """What this machine adds to a bind failure that does not say why (llama-server's
