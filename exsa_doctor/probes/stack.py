@@ -266,6 +266,17 @@ def is_python(engine: EngineProcess) -> bool:
     return any("python" in Path(n).name.lower() for n in names if n)
 
 
+def _find_py_spy() -> str | None:
+    """py-spy on PATH, else the one installed beside this interpreter: a dependency of
+    exsa-doctor, so it sits in the venv's bin/ even when the venv is not activated."""
+    found = shutil.which("py-spy")
+    if found is None:
+        beside = Path(sys.executable).parent / "py-spy"
+        if beside.is_file() and os.access(beside, os.X_OK):
+            found = str(beside)
+    return found
+
+
 def py_spy_dump(
     pid: int,
     timeout: float,
@@ -276,7 +287,7 @@ def py_spy_dump(
 
     `exe` replaces the py-spy found on PATH (tests use it to stand in a py-spy that hangs).
     """
-    exe = exe or shutil.which("py-spy")
+    exe = exe or _find_py_spy()
     if exe is None:
         return "", "py-spy is not installed"
     cmd = [exe, "dump", "--pid", str(pid)]
