@@ -142,7 +142,9 @@ def diagnose_cli_as_nobody(
         os.waitpid(pid, 0)
         pytest.fail(f"diagnose as nobody unfinished after {CLI_TIMEOUT_S:g} s")
     code = os.waitstatus_to_exitcode(status)
-    assert code in (0, 1, 3), f"diagnose as nobody exited {code} (traceback on stderr)"
+    assert code in (0, 1, 3), (
+        f"diagnose as nobody exited {code} (its stderr is in the captured output)"
+    )
     assert report_path.stat().st_uid == NOBODY, "the report was not written as nobody"
     report: dict[str, Any] = json.loads(report_path.read_text(encoding="utf-8"))
     return report
@@ -218,24 +220,20 @@ def failed(server: LlamaServer, *engine_lines: str, code: int | None = None) -> 
 
 
 def record(case: str, server: LlamaServer) -> None:
-    """Copy the engine's log to $EXSA_LIVE_RECORD/CASE.log (head and tail when long)."""
+    """Copy the engine's log to $EXSA_LIVE_RECORD/CASE.log (head and tail when long), and note
+    its exit status and command line in $EXSA_LIVE_RECORD/runs.tsv."""
     where = os.environ.get("EXSA_LIVE_RECORD")
     if not where:
         return
     lines = server.log_text().splitlines(keepends=True)
     if len(lines) >= RECORD_LINES:
         cut = len(lines) - 2 * RECORD_KEEP
-        lines = [
-            *lines[:RECORD_KEEP],
-            f"[... {cut} lines left out ...]\n",
-            *lines[-RECORD_KEEP:],
-        ]
-    dest = Path(where) / f"{case}.log"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(
-        f"# exit status {server.proc.returncode}; argv: {' '.join(server.argv)}\n" + "".join(lines),
-        encoding="utf-8",
-    )
+        lines = [*lines[:RECORD_KEEP], f"[... {cut} lines left out ...]\n", *lines[-RECORD_KEEP:]]
+    folder = Path(where)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{case}.log").write_text("".join(lines), encoding="utf-8")
+    with (folder / "runs.tsv").open("a", encoding="utf-8") as runs:
+        runs.write(f"{case}\t{server.proc.returncode}\t{' '.join(server.argv)}\n")
 
 
 @pytest.fixture
@@ -343,13 +341,13 @@ def test_privileged_port_as_unprivileged_user(
     start_llama: StartLlama, tiny_model: Path, as_nobody: tuple[Path, Path], shared_dir: Path
 ) -> None:
     start = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
-    if start.is_file() and int(start.read_text()) <= 81:
-        pytest.skip(f"{start} lets every user bind low ports here")
+    port = free_privileged_port()
+    if start.is_file() and int(start.read_text()) <= port:
+        pytest.skip(f"{start} lets every user bind port {port} here")
     binary, writable = as_nobody
     model = shared_dir / "model.gguf"
     shutil.copyfile(tiny_model, model)
     model.chmod(0o644)  # readable: the port is the only fault
-    port = free_privileged_port()
     server = start_llama(model, port=port, binary=binary, user=NOBODY, log_dir=shared_dir)
     failed(
         server,
@@ -436,8 +434,13 @@ def test_missing_shared_library(
     if os.geteuid() != 0 or shutil.which("chroot") is None:
         pytest.skip("needs root and chroot(8) to make a root filesystem without one library")
     libs = _needed_libraries(llama_server_bin)
-    omitted = next((name for name, _ in libs if name.startswith("libgomp")), None)
-    omitted = omitted or next(n for n, _ in libs if not n.startswith(("libc.", "libm.")))
+    # libgomp (OpenMP) is the one a slim image most often lacks; else any but libc and libm
+    candidates = [n for n, _ in libs if n.startswith("libgomp")] or [
+        n for n, _ in libs if not n.startswith(("libc.", "libm."))
+    ]
+    if not candidates:
+        pytest.skip(f"{llama_server_bin} loads no shared library that could go missing")
+    omitted = candidates[0]
     # a minimal root filesystem, as in a slim container image: the binary, the dynamic loader
     # and every library it needs but one
     root = tmp_path / "rootfs"
