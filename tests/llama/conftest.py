@@ -94,16 +94,31 @@ def start_llama(
     llama_server_bin: Path, server_flags: tuple[str, ...], tmp_path: Path
 ) -> Iterator[Callable[..., LlamaServer]]:
     """Factory: start llama-server on `host`:`port` (default 127.0.0.1 and a free port) with
-    `model`; every server started is stopped by PID afterwards."""
+    `model`; every server started is stopped by PID afterwards.
+
+    Keyword-only options for the start-up failure tests: `binary` (another copy of the server),
+    `user` (a uid to run it as: uid, gid and no supplementary groups), `prefix` (a command that
+    execs the server, e.g. `prlimit --as=N --` or `chroot DIR`; with `chroot`, `binary` and
+    `model` are paths inside it) and `log_dir` (where the log goes instead of `tmp_path`, which
+    only root can enter)."""
     started: list[LlamaServer] = []
 
     def start(
-        model: Path, port: int | None = None, extra: Sequence[str] = (), host: str = "127.0.0.1"
+        model: Path,
+        port: int | None = None,
+        extra: Sequence[str] = (),
+        host: str = "127.0.0.1",
+        *,
+        binary: Path | None = None,
+        user: int | None = None,
+        prefix: Sequence[str] = (),
+        log_dir: Path | None = None,
     ) -> LlamaServer:
         chosen = port if port is not None else free_port(host)
-        log = tmp_path / f"llama-server-{chosen}-{len(started)}.log"
+        log = (log_dir or tmp_path) / f"llama-server-{chosen}-{len(started)}.log"
         argv = [
-            str(llama_server_bin),
+            *prefix,
+            str(binary or llama_server_bin),
             "-m",
             str(model),
             "--host",
@@ -121,6 +136,9 @@ def start_llama(
                 stdin=subprocess.DEVNULL,
                 # llama-server reads LLAMA_ARG_* from the environment: keep the caller's out
                 env={k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_")},
+                user=user,
+                group=user,
+                extra_groups=None if user is None else [],
             )
         server = LlamaServer(proc=proc, port=chosen, model=model, log=log, argv=argv, host=host)
         started.append(server)

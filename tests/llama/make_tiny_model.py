@@ -47,8 +47,17 @@ def _scalar(reader: Any, key: str) -> Any:
     return field.parts[field.data[0]].tolist()[0]
 
 
-def write_tiny_llama(vocab_path: Path, out_path: Path) -> Path:
-    """Write the model to `out_path` and return it. Deterministic for a given vocabulary."""
+def write_tiny_llama(
+    vocab_path: Path, out_path: Path, *, architecture: str = "llama", split_max_tensors: int = 0
+) -> Path:
+    """Write the model to `out_path` and return it. Deterministic for a given vocabulary.
+
+    `architecture` is written as `general.architecture` and as the prefix of the hyperparameter
+    keys (`{architecture}.block_count`, ...): a name llama.cpp does not know makes a model it
+    refuses to load. With `split_max_tensors` > 0 the model is written as llama.cpp-style split
+    shards (`STEM-00001-of-0000N.gguf` beside `out_path`, with the `split.*` keys), and the first
+    shard is returned; see `write_tiny_llama_split`.
+    """
     reader = gguf.GGUFReader(str(vocab_path))
     tokens = _strings(reader, "tokenizer.ggml.tokens")
     scores = [float(s) for s in _numbers(reader, "tokenizer.ggml.scores")]
@@ -63,7 +72,7 @@ def write_tiny_llama(vocab_path: Path, out_path: Path) -> Path:
     def weight(*shape: int) -> Any:
         return (rng.standard_normal(shape) * 0.2).astype(np.float32)
 
-    writer = gguf.GGUFWriter(str(out_path), arch="llama")
+    writer = gguf.GGUFWriter(str(out_path), arch=architecture, split_max_tensors=split_max_tensors)
     writer.add_name("exsa-doctor tiny llama (random weights)")
     writer.add_block_count(N_LAYER)
     writer.add_context_length(N_CTX_TRAIN)
@@ -103,11 +112,30 @@ def write_tiny_llama(vocab_path: Path, out_path: Path) -> Path:
         writer.add_tensor(f"blk.{i}.ffn_up.weight", weight(N_FF, N_EMBD))
         writer.add_tensor(f"blk.{i}.ffn_down.weight", weight(N_EMBD, N_FF))
 
+    shards = writer.format_shard_names(out_path)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return out_path
+    return shards[0]
+
+
+N_TENSORS = 2 + N_LAYER * 9  # token_embd, output_norm, and 9 per layer
+
+
+def write_tiny_llama_split(vocab_path: Path, out_path: Path, shards: int = 2) -> list[Path]:
+    """The tiny model as `shards` split files named as llama.cpp's `llama-gguf-split` names them
+    (`model.gguf` -> `model-00001-of-00002.gguf`, `model-00002-of-00002.gguf`), each carrying
+    `split.no`, `split.count` and `split.tensors.count`. Returns the shard paths in order."""
+    per_shard = -(-N_TENSORS // shards)
+    first = write_tiny_llama(vocab_path, out_path, split_max_tensors=per_shard)
+    paths = [
+        out_path.with_name(f"{out_path.stem}-{i:05d}-of-{shards:05d}.gguf")
+        for i in range(1, shards + 1)
+    ]
+    if paths[0] != first or not all(p.is_file() for p in paths):
+        raise RuntimeError(f"gguf wrote {first}, expected the shards {paths}")
+    return paths
 
 
 def main(argv: list[str]) -> int:
