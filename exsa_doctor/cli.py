@@ -101,11 +101,19 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         metavar="PATH",
+        # an unreadable model is a finding (the engine's user may differ from ours), not an error
+        readable=False,
         help="GGUF model path (default: $MODEL_PATH, else the engine's own).",
     ),
 ]
 LogOpt = Annotated[
-    list[Path] | None, typer.Option("--log", metavar="PATH", help="Engine log file (repeatable).")
+    list[Path] | None,
+    typer.Option(
+        "--log",
+        metavar="PATH",
+        readable=False,  # checked by _check_logs, with a message that says what to do
+        help="Engine log file (repeatable); - reads standard input.",
+    ),
 ]
 PidOpt = Annotated[
     list[int] | None, typer.Option("--pid", metavar="PID", help="Engine PID (repeatable).")

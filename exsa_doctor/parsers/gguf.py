@@ -123,6 +123,7 @@ class GGUFHeader:
     file_size: int
     tensor_types: tuple[tuple[str, int], ...]  # (ggml type name, tensor count), sorted by name
     unknown_types: tuple[int, ...] = ()  # type ids we have no size for (ignored in declared_end)
+    split_count: int = 0  # `split.count` of a model split into shards (0: not split)
 
     @property
     def truncated(self) -> bool:
@@ -320,11 +321,19 @@ def parse_gguf(
     architecture: str | None = None
     name: str | None = None
     alignment = DEFAULT_ALIGNMENT
+    split_count = 0
     for _ in range(kv_count):
         key = p.string("key", MAX_KEY_BYTES)
         vtype = cur.unpack("I")
-        wanted = key in (b"general.architecture", b"general.name", b"general.alignment")
+        wanted = key in (
+            b"general.architecture",
+            b"general.name",
+            b"general.alignment",
+            b"split.count",
+        )
         value = p.value(vtype, 0, keep=wanted)
+        if key == b"split.count" and isinstance(value, int) and 0 < value < 10_000:
+            split_count = value
         if key == b"general.architecture" and isinstance(value, str):
             architecture = value
         elif key == b"general.name" and isinstance(value, str):
@@ -369,6 +378,7 @@ def parse_gguf(
         byte_order=byte_order,
         tensor_count=tensor_count,
         kv_count=kv_count,
+        split_count=split_count,
         architecture=architecture,
         name=name,
         alignment=alignment,

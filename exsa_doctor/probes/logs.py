@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno as errno_mod
 import ipaddress
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,6 +323,7 @@ class LogsProbe(Probe):
             )
             if not ctx_offline:
                 self._refine_bind(out, root_finding)
+                self._refine_permission(out, root_finding)
             out.add(
                 self.finding(
                     "logs.reason_logged",
@@ -375,9 +377,8 @@ class LogsProbe(Probe):
                 values.update(later.signature.data)
                 for key, value in later.groups.items():
                     values.setdefault(key, value)
-                if later.signature.stage != sig.stage or later.signature.data:
+                if later.signature.data and later.summary not in summary:
                     summary = f"{summary}; then: {later.summary}"
-                break
         data: dict[str, Any] = {
             "t": t,
             "line": hit.line,
@@ -410,6 +411,36 @@ class LogsProbe(Probe):
         where = f" (log line {hit.lineno + 1})"
         return out.add(self.finding(sig.finding, level, summary + where, data))
 
+    def _refine_permission(self, out: ProbeOutput, finding: Finding) -> None:
+        """Who may read a file the engine was refused: its owner and mode, and whether the user
+        this diagnosis runs as may (the engine that failed is gone; its user often is ours)."""
+        path = finding.data.get("path")
+        if finding.id != "logs.permission_denied" or not isinstance(path, str):
+            return
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        owner = _user_name(st.st_uid)
+        me = _user_name(os.geteuid())
+        readable = os.access(path, os.R_OK)
+        mode = stat.filemode(st.st_mode)
+        more = f"; {path} is owned by {owner} ({mode})"
+        more += (
+            f", and user {me} (this diagnosis) may read it: the engine ran as another user"
+            if readable
+            else f", and user {me} (this diagnosis) may not read it either"
+        )
+        out.findings.remove(finding)
+        out.add(
+            self.finding(
+                finding.id,
+                finding.status,
+                finding.summary + more,
+                {**finding.data, "owner": owner, "mode": mode, "user": me, "readable": readable},
+            )
+        )
+
     def _refine_bind(self, out: ProbeOutput, finding: Finding) -> None:
         """What this machine adds to a bind failure that does not say why (llama-server's
         "couldn't bind"): a host that is not one of its addresses, a privileged port."""
@@ -434,6 +465,25 @@ class LogsProbe(Probe):
             return
         start = _unprivileged_port_start()
         if isinstance(port, int) and port < start:
+            data = {**finding.data, "port": port, "unprivileged_port_start": start}
+            if _nobody_listens(port):
+                # nothing holds the port, so it was not in use: it was refused for privilege
+                out.findings.remove(finding)
+                out.add(
+                    self.finding(
+                        "logs.permission_denied",
+                        Level.ERROR,
+                        f"the engine could not bind port {port}: nothing holds it now, and ports "
+                        f"below {start} need root or CAP_NET_BIND_SERVICE "
+                        f"(log line {finding.data.get('lineno')})",
+                        {
+                            **data,
+                            "what": "port",
+                            "signature": f"{data.get('signature')}+port-facts",
+                        },
+                    )
+                )
+                return
             out.add(
                 self.finding(
                     "logs.privileged_port",
@@ -679,6 +729,26 @@ class LogsProbe(Probe):
         if primary.stamped_lines == 0:
             parts.append("no timestamps")
         return "; ".join(parts)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, ImportError):
+        return str(uid)
+
+
+def _nobody_listens(port: int) -> bool:
+    """Whether no socket listens on `port` now (False when we cannot tell)."""
+    from exsa_doctor.oslayer.sockets import listeners_of
+
+    try:
+        scan = listeners_of(port, deadline=time.monotonic() + 0.5)
+    except Exception:  # the OS layer failing must not cost us the log's own finding
+        return False
+    return not scan.listeners and scan.complete
 
 
 def _is_local_address(host: str) -> bool:

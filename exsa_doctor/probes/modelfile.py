@@ -12,7 +12,7 @@ come from one pass over /proc (lsof elsewhere) shared with the stack probe via `
 
 Finding ids: model.ok, model.missing, model.unreadable, model.empty, model.bad_magic,
 model.invalid_header, model.truncated, model.open_by_other, model.mapped_by_other,
-model.locked_by_other, model.insufficient_memory, model.not_given.
+model.locked_by_other, model.insufficient_memory, model.not_given, model.missing_shard.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import time
 
 import psutil
@@ -78,6 +79,21 @@ def model_holders(ctx: Context) -> FileHolders | None:
     return ctx.shared(f"holders:{path}", compute)
 
 
+_SHARD = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+def missing_shards(path: str, count: int) -> list[str]:
+    """The shards of a split model (llama.cpp's `NAME-0000N-of-0000M.gguf`) that are not there."""
+    if count <= 1:
+        return []
+    m = _SHARD.match(os.path.basename(path))
+    if m is None:
+        return []
+    folder = os.path.dirname(path)
+    names = [f"{m['stem']}-{n:05d}-of-{count:05d}.gguf" for n in range(1, count + 1)]
+    return [os.path.join(folder, n) for n in names if not os.path.exists(os.path.join(folder, n))]
+
+
 def _printable(raw: bytes) -> str:
     return "".join(chr(b) if 32 <= b < 127 else f"\\x{b:02x}" for b in raw)
 
@@ -114,6 +130,7 @@ class ModelProbe(Probe):
     timeout_s = 3.0
     emits = (
         "model.ok",
+        "model.missing_shard",
         "model.missing",
         "model.unreadable",
         "model.empty",
@@ -266,6 +283,19 @@ class ModelProbe(Probe):
         return size
 
     def _header_ok(self, out: ProbeOutput, path: str, header: GGUFHeader) -> None:
+        missing = missing_shards(path, header.split_count)
+        if missing:
+            out.add(
+                self.finding(
+                    "model.missing_shard",
+                    Level.ERROR,
+                    f"the model is split into {header.split_count} shards and "
+                    f"{len(missing)} of them are missing: {', '.join(missing)}",
+                    {"path": path, "count": header.split_count, "missing": missing},
+                )
+            )
+            out.detail = f"split model: {len(missing)} of {header.split_count} shards missing"
+            return
         if header.truncated:
             out.add(
                 self.finding(
