@@ -7,9 +7,11 @@ inside the commands so that `exsa-doctor --version` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -161,65 +163,18 @@ def exit_code_for(verdict: str) -> int:
     return {"healthy": EXIT_HEALTHY, "unhealthy": EXIT_UNHEALTHY}.get(verdict, EXIT_INCONCLUSIVE)
 
 
-def build_target(
-    *,
-    url: str | None,
-    model: Path | None,
-    log: list[Path] | None,
-    pid: list[int] | None,
-    watch: float = 0.0,
-    failed_at: str | None = None,
-    generate: bool | None = None,
-    timeout: float = 10.0,
-    profile: str = "auto",
-    profile_file: Path | None = None,
-    port: int | None = None,
-    host: str | None = None,
-    health_path: str | None = None,
-    ready_marker: str | None = None,
-    process_name: list[str] | None = None,
-) -> Target:
-    """Options -> Target, turning bad input into a usage error (exit 2)."""
-    from dataclasses import replace
-
-    from exsa_doctor.detect import refine_target
-    from exsa_doctor.profiles import ProfileError, customized
-    from exsa_doctor.target import UsageError, resolve_target
+@contextlib.contextmanager
+def usage_errors() -> Iterator[None]:
+    """Turn the core's `UsageError` into the CLI's usage error (exit 2)."""
+    from exsa_doctor.target import UsageError
 
     try:
-        target = resolve_target(
-            url=url,
-            port=port,
-            host=host,
-            model=model,
-            logs=tuple(log or ()),
-            pids=tuple(pid or ()),
-            failed_at=failed_at,
-            watch_s=watch,
-            generate=generate,
-            timeout_s=timeout,
-            profile=profile,
-            profile_file=profile_file,
-        )
+        yield
     except UsageError as exc:
         fail_usage(str(exc))
-    auto = profile_file is None and profile in ("", "auto")
-    refined = refine_target(target, auto_profile=auto)
-    if health_path is None and ready_marker is None and not process_name:
-        return refined
-    try:
-        custom = customized(
-            refined.profile,
-            health_path=health_path,
-            ready_marker=ready_marker,
-            process_names=tuple(process_name or ()),
-        )
-    except ProfileError as exc:
-        fail_usage(str(exc))
-    return replace(refined, profile=custom)
 
 
-def render(diagnosis, fmt: ReportFormat, to_file: bool = False) -> str:  # type: ignore[no-untyped-def]
+def render(diagnosis: Diagnosis, fmt: ReportFormat, to_file: bool = False) -> str:
     from exsa_doctor.render import render_as
 
     # a file gets no colour codes, whatever the terminal we run in
@@ -251,55 +206,41 @@ TimeoutOpt = Annotated[
 ]
 
 
-def run_diagnosis_for(
+def target_from(
     *,
     url: str | None,
     model: Path | None,
     log: list[Path] | None,
     pid: list[int] | None,
-    watch: float,
-    failed_at: str | None,
-    generate: bool | None,
-    probe: list[str] | None,
-    timeout: float,
-    profile: str,
-    profile_file: Path | None,
+    watch: float = 0.0,
+    failed_at: str | None = None,
+    generate: bool | None = None,
+    timeout: float = 10.0,
+    profile: str = "auto",
+    profile_file: Path | None = None,
     health_path: str | None = None,
     ready_marker: str | None = None,
     process_name: list[str] | None = None,
-    keep: list[Context] | None = None,
-) -> tuple[Target, Diagnosis]:
-    """Shared by `diagnose` and `bundle`: options -> Target -> Diagnosis."""
-    from exsa_doctor import probes as probe_registry
-    from exsa_doctor.runner import diagnose as run_diagnosis
+) -> Target:
+    """The command-line options, as the core's target (usage errors exit 2)."""
+    from exsa_doctor import api
 
-    try:
-        selected = probe_registry.select(probe or [])
-    except KeyError as exc:
-        fail_usage(
-            f"unknown probe {exc.args[0]} (known: {', '.join(probe_registry.probe_names())})"
+    with usage_errors():
+        return api.make_target(
+            url=url,
+            model=model,
+            logs=tuple(log or ()),
+            pids=tuple(pid or ()),
+            watch_s=watch,
+            failed_at=failed_at,
+            generate=generate,
+            timeout_s=timeout,
+            profile=profile,
+            profile_file=profile_file,
+            health_path=health_path,
+            ready_marker=ready_marker,
+            process_names=tuple(process_name or ()),
         )
-    if watch and watch + 2 > timeout:
-        timeout = watch + 2.0  # watching must not be cut short by the default bound
-    target = build_target(
-        url=url,
-        model=model,
-        log=log,
-        pid=pid,
-        watch=watch,
-        failed_at=failed_at,
-        generate=generate,
-        timeout=timeout,
-        profile=profile,
-        profile_file=profile_file,
-        health_path=health_path,
-        ready_marker=ready_marker,
-        process_name=process_name,
-    )
-    for path in log or ():
-        if path.is_dir():
-            fail_usage(f"--log {path} is a directory; give the log file")
-    return target, run_diagnosis(target, selected, keep)
 
 
 @app.command()
@@ -331,7 +272,11 @@ def diagnose(
         fail_usage(f"--output {output} is a directory; give a file name")
     if fmt is ReportFormat.html and output is None and sys.stdout.isatty():
         fail_usage("--format html writes a whole page: give --output FILE.html")
-    _target, diagnosis = run_diagnosis_for(
+    from exsa_doctor import api
+
+    with usage_errors():
+        selected = api.select_probes(probe or ())
+    target = target_from(
         url=url,
         model=model,
         log=log,
@@ -339,7 +284,6 @@ def diagnose(
         watch=watch,
         failed_at=failed_at,
         generate=generate,
-        probe=probe,
         timeout=timeout,
         profile=profile,
         profile_file=profile_file,
@@ -347,6 +291,7 @@ def diagnose(
         ready_marker=ready_marker,
         process_name=process_name,
     )
+    diagnosis = api.diagnose(target, probes=selected)
     write_output(render(diagnosis, fmt, to_file=output is not None), output)
     raise typer.Exit(exit_code_for(diagnosis.verdict.value))
 
@@ -372,6 +317,7 @@ def bundle(
     process_name: ProcessNameOpt = None,
 ) -> None:
     """Diagnose, then write a redacted support bundle (reports, log tails, processes, system)."""
+    from exsa_doctor import api
     from exsa_doctor.bundle import build_bundle
 
     if output.is_dir():
@@ -379,7 +325,9 @@ def bundle(
     if not output.parent.exists():
         fail_usage(f"--output {output}: folder {output.parent} does not exist")
     kept: list[Context] = []
-    target, diagnosis = run_diagnosis_for(
+    with usage_errors():
+        selected = api.select_probes(probe or ())
+    target = target_from(
         url=url,
         model=model,
         log=log,
@@ -387,15 +335,14 @@ def bundle(
         watch=watch,
         failed_at=failed_at,
         generate=generate,
-        probe=probe,
         timeout=timeout,
         profile=profile,
         profile_file=profile_file,
         health_path=health_path,
         ready_marker=ready_marker,
         process_name=process_name,
-        keep=kept,
     )
+    diagnosis = api.diagnose(target, probes=selected, keep=kept)
     # the processes the probes already read (memoised in the run's context), not a second walk;
     # only when the run never read them (--probe) or was cut short, read them now
     engines, complete = kept[0].engines()
@@ -550,9 +497,11 @@ def wait(
     process_name: ProcessNameOpt = None,
 ) -> None:
     """Return (exit 0) the moment the engine is ready; if it dies or never gets there, say why."""
+    from exsa_doctor import api
+
     if not 0 < timeout <= 86400:
         fail_usage("--timeout must be between 0 and 86400 seconds")
-    target = build_target(
+    target = target_from(
         url=url,
         model=None,
         log=log,
@@ -565,21 +514,20 @@ def wait(
     )
     from exsa_doctor.supervise import wait as waiting
 
-    result = waiting.wait_ready(
-        waiting.WaitRequest(
-            target=target, timeout_s=timeout, pids=tuple(pid or ()), logs=tuple(log or ())
-        ),
-        waiting.reporter_for(sys.stderr),
-    )
-    message = waiting.summary(result)
-    if result.outcome is waiting.Outcome.READY:
-        waiting.stderr_write(f"exsa-doctor wait: {message}\n")
+    with usage_errors():
+        outcome = api.wait(
+            target,
+            timeout_s=timeout,
+            pids=tuple(pid or ()),
+            logs=tuple(log or ()),
+            reporter=waiting.reporter_for(sys.stderr),
+        )
+    waiting.stderr_write(f"exsa-doctor wait: {outcome.summary}\n")
+    if outcome.diagnosis is None:
         waiting.exit_now_if_program(EXIT_HEALTHY)
         raise typer.Exit(EXIT_HEALTHY)
-    waiting.stderr_write(f"exsa-doctor wait: {message}\n")
-    diagnosis = waiting.failure_diagnosis(target, result)
-    waiting.render_failure(diagnosis, waiting.stderr_write)
-    waiting.stderr_write(f"exsa-doctor wait: {message}\n")
+    waiting.render_failure(outcome.diagnosis, waiting.stderr_write)
+    waiting.stderr_write(f"exsa-doctor wait: {outcome.summary}\n")
     raise typer.Exit(EXIT_UNHEALTHY)
 
 
@@ -633,52 +581,31 @@ def run(
     process_name: ProcessNameOpt = None,
 ) -> None:
     """Preflight, start the engine, wait until ready, run --then, always tear down."""
-    from exsa_doctor.supervise.run import RunOptions, RunUsageError, run_engine
-    from exsa_doctor.target import UsageError, choose_profile
+    from exsa_doctor import api
 
-    if not engine:
-        fail_usage("give the engine command after --, e.g.: exsa-doctor run -- exsa-engine")
     port_number: int | None = None
     if port is not None and port != "auto":
         try:
             port_number = int(port)
         except ValueError:
             fail_usage(f"--port {port!r}: give a port number or 'auto'")
-    chosen = None
-    if profile_file is not None or profile not in ("", "auto"):
-        try:
-            chosen, _reason = choose_profile(profile, profile_file)
-        except UsageError as exc:
-            fail_usage(str(exc))
-    if health_path is not None or ready_marker is not None or process_name:
-        from exsa_doctor.profiles import ProfileError, customized
-        from exsa_doctor.supervise.run import profile_for_argv
-
-        base = chosen if chosen is not None else profile_for_argv(list(engine))[0]
-        try:
-            chosen = customized(
-                base,
-                health_path=health_path,
-                ready_marker=ready_marker,
-                process_names=tuple(process_name or ()),
-            )
-        except ProfileError as exc:
-            fail_usage(str(exc))
-    options = RunOptions(
-        argv=list(engine),
-        port=port_number,
-        port_auto=port == "auto",
-        host=host,
-        then=then,
-        ready_timeout_s=ready_timeout,
-        report_dir=report_dir,
-        log=log,
-        profile=chosen,
-    )
-    try:
-        code = run_engine(options)
-    except RunUsageError as exc:
-        fail_usage(str(exc))
+    with usage_errors():
+        options = api.run_options(
+            engine or (),
+            port=port_number,
+            port_auto=port == "auto",
+            host=host,
+            then=then,
+            ready_timeout_s=ready_timeout,
+            report_dir=report_dir,
+            log=log,
+            profile=profile,
+            profile_file=profile_file,
+            health_path=health_path,
+            ready_marker=ready_marker,
+            process_names=tuple(process_name or ()),
+        )
+        code = api.run_command(options)
     raise typer.Exit(code)
 
 
