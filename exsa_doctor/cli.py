@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -40,7 +40,7 @@ class ReportFormat(str, enum.Enum):
     html = "html"
 
 
-app = typer.Typer(
+_APP_SETTINGS: dict[str, Any] = dict(
     name="exsa-doctor",
     help="Find out why a local LLM inference server failed to start or serve, and how to fix it.",
     add_completion=False,
@@ -48,6 +48,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+app = typer.Typer(**_APP_SETTINGS)
 
 
 def fail_usage(message: str) -> NoReturn:
@@ -417,12 +418,38 @@ def explain(
     sys.stdout.write(render_cause(found))
 
 
+def command_name(info: typer.models.CommandInfo) -> str:
+    """The name a registered command is called by."""
+    if info.name:
+        return info.name
+    assert info.callback is not None
+    return info.callback.__name__.lower().replace("_", "-")
+
+
+def app_for(argv: list[str]) -> typer.Typer:
+    """The app with only the command being run (all of them for help and completion).
+
+    Typer turns every registered command's parameters into Click parameters before it parses
+    anything; building only the one that runs saves that work for the other commands
+    (docs/performance.md).
+    """
+    wanted = argv[0] if argv else ""
+    completing = any(k.endswith("_COMPLETE") for k in os.environ if k.startswith("_EXSA"))
+    chosen = [c for c in app.registered_commands if command_name(c) == wanted]
+    if not chosen or completing:
+        return app
+    lean = typer.Typer(**_APP_SETTINGS)
+    lean.registered_callback = app.registered_callback
+    lean.registered_commands = chosen
+    return lean
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Run the command line (`launch.main` is the console script; it answers --version)."""
     if os.environ.get("NO_COLOR"):
         os.environ.setdefault("TERM", "dumb")
     try:
-        app()
+        app_for(sys.argv[1:])()
     except KeyboardInterrupt:
         sys.stderr.write("exsa-doctor: interrupted\n")
         sys.exit(130)
