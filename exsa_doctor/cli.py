@@ -43,7 +43,7 @@ class ReportFormat(str, enum.Enum):
 _APP_SETTINGS: dict[str, Any] = dict(
     name="exsa-doctor",
     help="Find out why a local LLM inference server failed to start or serve, and how to fix it.",
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
