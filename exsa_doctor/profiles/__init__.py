@@ -55,11 +55,13 @@ PROFILE_SCHEMA: dict[str, dict[str, str]] = {
         "model_loaded_key": "str",
         "loading_status": "list[int]",
         "loading_body_regex": "regex",
+        "server_header_regex": "regex",
     },
     "generation": {"path": "str", "kind": "str", "body": "str"},
     "logs": {"timestamp": "str"},
     "logs.markers": {"*": "regex"},
     "commands": {"*": "text"},
+    "auth": {"args": "list[str]", "env": "str", "header": "str"},
 }
 # Entries every profile must have: what identifies the engine and where it says it is ready.
 PROFILE_REQUIRED = ("name", "default_port", "process.executables", "health.path")
