@@ -160,6 +160,26 @@ def write_output(text: str, output: Path | None) -> None:
         fail_usage(f"cannot write --output {output}: {exc.strerror or exc}")
 
 
+# "program" is set once `main` runs: we are the exsa-doctor program, not a library or a test.
+_RUN: dict[str, bool] = {"program": False}
+
+
+def finish(code: int) -> NoReturn:
+    """End a one-shot command: as the program, flush and leave without interpreter teardown.
+
+    With Typer, Rich, httpx and the probes loaded, tearing the modules down costs 20-40 ms of a
+    300 ms budget, and nothing is left to release: the report is written and flushed, any
+    helper a probe started was stopped by PID, and probe threads are daemons. As a library or
+    under a test runner this is a plain `typer.Exit`.
+    """
+    if _RUN["program"]:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(code)
+    raise typer.Exit(code)
+
+
 def exit_code_for(verdict: str) -> int:
     return {"healthy": EXIT_HEALTHY, "unhealthy": EXIT_UNHEALTHY}.get(verdict, EXIT_INCONCLUSIVE)
 
@@ -294,7 +314,7 @@ def diagnose(
     )
     diagnosis = api.diagnose(target, probes=selected)
     write_output(render(diagnosis, fmt, to_file=output is not None), output)
-    raise typer.Exit(exit_code_for(diagnosis.verdict.value))
+    finish(exit_code_for(diagnosis.verdict.value))
 
 
 @app.command()
@@ -446,6 +466,7 @@ def app_for(argv: list[str]) -> typer.Typer:
 
 def main() -> None:
     """Run the command line (`launch.main` is the console script; it answers --version)."""
+    _RUN["program"] = True
     if os.environ.get("NO_COLOR"):
         os.environ.setdefault("TERM", "dumb")
     try:
