@@ -44,6 +44,7 @@ class Column:
     packages: list[str] = field(default_factory=list)
     rows: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # wall, cpu, exit
     imports: list[tuple[str, float]] = field(default_factory=list)
+    build_ms: str = ""
 
 
 def program(col: Column) -> list[str]:
@@ -70,12 +71,17 @@ def measure(cmd: list[str], repeat: int) -> tuple[float, float, int]:
 
 
 def import_groups(col: Column, args: list[str], top: int = 10) -> list[tuple[str, float]]:
-    """Self import time (ms) summed by top-level package, for one run of `args`."""
+    """Self import time (ms) summed by top-level package, for one run of `args`.
+
+    Run from the root directory: `-m` puts the working directory first on sys.path, and from a
+    checkout that would import the checkout's code instead of the venv's.
+    """
     done = subprocess.run(
         [str(col.python), "-X", "importtime", "-m", "exsa_doctor", *args],
         capture_output=True,
         text=True,
         check=False,
+        cwd="/",
     )
     groups: collections.Counter[str] = collections.Counter()
     for line in done.stderr.splitlines():
@@ -91,6 +97,29 @@ def import_groups(col: Column, args: list[str], top: int = 10) -> list[tuple[str
         )
     total = sum(groups.values()) / 1000
     return [("(all imports)", total)] + [(k, v / 1000) for k, v in groups.most_common(top)]
+
+
+BUILD_CODE = """
+import statistics, time, typer.main
+from exsa_doctor import cli
+lean = getattr(cli, "app_for", None)
+def ms(make):
+    out = []
+    for _ in range(15):
+        t0 = time.perf_counter(); typer.main.get_command(make()); out.append(time.perf_counter() - t0)
+    return statistics.median(out) * 1000
+full = ms(lambda: cli.app)
+one = ms(lambda: lean(["diagnose"])) if lean else float("nan")
+print(f"all commands {full:.1f} ms, only diagnose {one:.1f} ms")
+"""
+
+
+def command_build_ms(col: Column) -> str:
+    """In-process: Typer turning every command into Click vs only the one that runs."""
+    done = subprocess.run(
+        [str(col.python), "-c", BUILD_CODE], capture_output=True, text=True, check=False, cwd="/"
+    )
+    return done.stdout.strip() or done.stderr.strip().splitlines()[-1]
 
 
 def site_packages_kib(python: Path) -> tuple[int, list[str]]:
@@ -174,6 +203,7 @@ def run_all(columns: list[Column], repeat: int, where: Path) -> None:
     for col in columns:
         col.rows["--version"] = measure([*program(col), "--version"], repeat)
         col.rows["--help"] = measure([*program(col), "--help"], repeat)
+        col.build_ms = command_build_ms(col)
     with standin_engine(model, port):
         wait_healthy(port)
         for col in columns:
@@ -231,6 +261,9 @@ def report(columns: list[Column], baseline: int, repeat: int) -> None:
         gone = sorted(set(columns[0].packages) - set(c.packages))
         if c is not columns[0] and (others or gone):
             print(f"  {c.name} vs {columns[0].name}: -{gone} +{others}")
+    print("\nTyper building its Click commands, in-process (median of 15)")
+    for c in columns:
+        print(f"  {c.name}: {c.build_ms}")
     print("\nimport time of one `diagnose` (self ms by package, -X importtime)")
     for c in columns:
         print(f"  {c.name}: " + ", ".join(f"{k} {v:.0f}" for k, v in c.imports))
