@@ -92,9 +92,9 @@ def import_groups(col: Column, args: list[str], top: int = 10) -> list[tuple[str
             continue
         name = parts[2].strip()
         head = ".".join(name.split(".")[:2]) if name.startswith("exsa_doctor.") else name
-        groups[head.split(".")[0] if not head.startswith("exsa_doctor") else head] += int(
-            parts[0].split(":")[1]
-        )
+        # imports made by probe threads while another import runs can come out negative
+        self_us = max(0, int(parts[0].split(":")[1]))
+        groups[head.split(".")[0] if not head.startswith("exsa_doctor") else head] += self_us
     total = sum(groups.values()) / 1000
     return [("(all imports)", total)] + [(k, v / 1000) for k, v in groups.most_common(top)]
 
