@@ -7,7 +7,6 @@ the file and the cause. The finding catalogue is the probes' own `emits` declara
 
 from __future__ import annotations
 
-import difflib
 import re
 import sys
 from collections.abc import Callable, Collection, Mapping
@@ -57,7 +56,7 @@ def _check_keys(
     for key, value in table.items():
         kind = allowed.get(key)
         if kind is None:
-            near = difflib.get_close_matches(key, list(allowed), n=1)
+            near = _close(key, list(allowed), n=1)
             fail(f"{what}unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
         if not isinstance(value, kind) or isinstance(value, bool):
             name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
@@ -163,7 +162,7 @@ def _check_finding_ids(
             ]
     for where, fid in named:
         if fid not in findings:
-            near = difflib.get_close_matches(fid, list(findings), n=1)
+            near = _close(fid, list(findings), n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             fail(f"{where}: unknown finding id {fid!r}{hint}")
 
@@ -188,3 +187,10 @@ def load_causes() -> tuple[Cause, ...]:
 
 def cause_by_id(cause_id: str) -> Cause | None:
     return next((c for c in load_causes() if c.id == cause_id), None)
+
+
+def _close(word: str, choices: list[str], n: int = 1) -> list[str]:
+    """Close matches for a did-you-mean (difflib imported only when a load fails)."""
+    import difflib
+
+    return difflib.get_close_matches(word, choices, n=n)

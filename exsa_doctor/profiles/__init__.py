@@ -7,7 +7,6 @@ never branch on an engine's name.
 
 from __future__ import annotations
 
-import difflib
 import re
 import shlex
 import sys
@@ -137,7 +136,7 @@ def check_profile(raw: Mapping[str, Any], where: str) -> None:
             if kind is None:
                 known = [k for k in allowed if k != "*"]
                 known += [t.rsplit(".", 1)[-1] for t in PROFILE_SCHEMA if _parent(t) == prefix]
-                near = difflib.get_close_matches(key, known, n=1)
+                near = _close(key, known, n=1)
                 hint = f" (did you mean {near[0]!r}?)" if near else ""
                 fail(path, f"unknown key{hint}")
             if not _KIND_CHECKS[kind](value):
@@ -412,3 +411,10 @@ def customized(
     if health_path or ready_marker or process_names:
         profile = replace(profile, source=profile.source + " (customised on the command line)")
     return profile
+
+
+def _close(word: str, choices: list[str], n: int = 1) -> list[str]:
+    """Close matches for a did-you-mean (difflib imported only when a load fails)."""
+    import difflib
+
+    return difflib.get_close_matches(word, choices, n=n)
