@@ -1,8 +1,10 @@
 """The `exsa-doctor` command line: parse options, call, pick the exit code; nothing else.
 
 Exit codes: 0 healthy, 1 a problem diagnosed, 2 usage error, 3 inconclusive.
-Reports go to stdout (or `--output`), progress and messages to stderr. Heavy imports are done
-inside the commands so that `exsa-doctor --version` stays fast.
+Reports go to stdout (or `--output`), progress and messages to stderr. Every diagnosis comes
+from the library core (`api.py`). Heavy imports are done inside the commands, only the command
+being run is built, and `--version` is answered by `launch.py` before this module loads
+(docs/performance.md).
 """
 
 from __future__ import annotations
@@ -190,8 +192,8 @@ def loading() -> Iterator[None]:
     """The cyclic garbage collector off while the probes and profiles are imported.
 
     Importing allocates many objects and frees few, so the collections it triggers find little
-    and cost 15-40 ms of `diagnose`'s start-up (docs/performance.md). Back on before any probe
-    runs.
+    and cost 15-25 ms of CPU in `diagnose`'s start-up (docs/performance.md). Back on before
+    any probe runs.
     """
     was_on = gc.isenabled()
     gc.disable()
