@@ -153,7 +153,8 @@ def _check_finding_ids(
     named = [("evidence", fid) for fid in evidence]
     for i, step in enumerate(row.get("remediation", []), start=1):
         if step.get("when") is not None:
-            named.append((f"remediation step {i}: when", step["when"]))
+            # `finding.id` or `finding.id:key=value` (a condition on the finding's data)
+            named.append((f"remediation step {i}: when", step["when"].partition(":")[0]))
         for text in (step.get("text", ""), *step.get("commands", [])):
             named += [
                 (f"remediation step {i}: placeholder", source)

@@ -192,6 +192,14 @@ def test_a_bad_cause_is_refused_naming_the_file_and_the_entry(
     assert problem in str(err.value), err.value
 
 
+def test_a_when_with_a_condition_names_its_finding() -> None:
+    row = cause(remediation=[{"text": "x", "when": "port.owned_by_other:user=root"}])
+    assert parse_causes({"cause": [row]}, findings=CATALOGUE)[0].id == "c"
+    bad = cause(remediation=[{"text": "x", "when": "port.owned_by:user=root"}])
+    with pytest.raises(CauseTableError, match=r"unknown finding id 'port\.owned_by'"):
+        parse_causes({"cause": [bad]}, findings=CATALOGUE)
+
+
 def test_a_placeholder_of_the_target_is_no_finding_id() -> None:
     row = cause(remediation=[{"text": "x", "commands": ["curl {target:url}"]}])
     assert parse_causes({"cause": [row]}, findings=CATALOGUE)[0].id == "c"
