@@ -193,3 +193,49 @@ def test_wait_on_a_dying_engine_returns_its_diagnosis(model: Path, tmp_path: Pat
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         proc.wait(10)
+
+
+# ---------------------------------------------------------------- one core: checked statically
+
+PACKAGE = Path(__file__).resolve().parents[2] / "exsa_doctor"
+
+
+def calls_and_imports(path: Path) -> tuple[set[str], set[str]]:
+    """Names a module calls and the exsa_doctor modules it imports (anywhere in it)."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    called: set[str] = set()
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            called.add(func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", ""))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("exsa_doctor"):
+            imported.add(node.module or "")
+            imported.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            imported.update(a.name for a in node.names if a.name.startswith("exsa_doctor"))
+    return called, imported
+
+
+def test_only_the_core_scores_and_assembles_a_diagnosis() -> None:
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        called, _ = calls_and_imports(path)
+        if path.name in ("api.py", "scoring.py"):
+            continue
+        if {"score", "run_probes_for", "Diagnosis"} & called:
+            offenders.append(
+                f"{path.relative_to(PACKAGE)}: {sorted(called & {'score', 'run_probes_for', 'Diagnosis'})}"
+            )
+    assert offenders == [], offenders
+
+
+def test_nothing_but_the_entry_point_imports_the_cli() -> None:
+    importers = sorted(
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if path.name != "cli.py" and "exsa_doctor.cli" in calls_and_imports(path)[1]
+    )
+    assert importers == ["launch.py"], importers
