@@ -33,6 +33,8 @@ def main() -> None:
         ["bench_lookups.py", "--extra", "300", "--repeat", "15"],
         ["bench_diagnose.py", "--repeat", "11", *(["--scale"] if args.scale else [])],
         ["bench_wait.py", "--runs", "9"],
+        # this interpreter only; `--venv before=REV --venv after=HEAD` compares revisions
+        ["bench_startup.py", "--repeat", "7"],
     ]
     for argv in runs:
         print(f"\n== {' '.join(argv)}", flush=True)

@@ -1,5 +1,5 @@
 """`python -m exsa_doctor` runs the command-line interface."""
 
-from exsa_doctor.cli import main
+from exsa_doctor.launch import main
 
 main()

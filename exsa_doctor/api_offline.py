@@ -4,7 +4,8 @@ Nothing of this machine is probed (no ports, processes, model file or health end
 may come from a machine we do not control, so this machine's state would be evidence about the
 wrong machine. The engine's profile is detected from the log itself; timestamps of llama.cpp's
 elapsed format are anchored on the log file's own modification time, never on a process here.
-`exsa-doctor diagnose --offline --log FILE` and `--log -` (standard input) use this.
+`exsa-doctor diagnose --offline --log FILE` and `--log -` (standard input) use this; it goes
+through the library core (`exsa_doctor.api.diagnose`) like every other diagnosis.
 """
 
 from __future__ import annotations
@@ -29,10 +30,9 @@ def offline_diagnosis(
 
     `inline_logs` maps a name given in `logs` (such as "<stdin>") to the bytes of that log.
     """
-    from exsa_doctor import probes
+    from exsa_doctor import api
     from exsa_doctor.detect import log_profile
     from exsa_doctor.profiles import all_builtin
-    from exsa_doctor.runner import diagnose
     from exsa_doctor.target import resolve_target
 
     target = resolve_target(
@@ -48,7 +48,7 @@ def offline_diagnosis(
         found = log_profile(target, list(all_builtin()))
         if found is not None:
             target = replace(target, profile=found[0], profile_reason=found[1])
-    return diagnose(target, probes.select(["logs"]))
+    return api.diagnose(target, probes=["logs"])
 
 
 def offline_findings(path: Path) -> tuple[Finding, ...]:

@@ -1,12 +1,18 @@
-"""Loads the root-cause table (`causes.toml`) into `Cause` records and checks it."""
+"""Loads the root-cause table (`causes.toml`) into `Cause` records and checks it while loading.
+
+Unknown keys, values of the wrong kind, missing entries and finding ids no probe emits (in
+`evidence`, a step's `when`, or a `{finding.id:key}` placeholder) are `CauseTableError`s naming
+the file and the cause. The finding catalogue is the probes' own `emits` declarations.
+"""
 
 from __future__ import annotations
 
+import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, NoReturn
 
 from exsa_doctor.model import Cause, RemediationTemplate
 
@@ -17,30 +23,103 @@ else:  # pragma: no cover
 
 IMPACTS = ("high", "medium", "low")
 
+# The keys a [[cause]] and one of its [[cause.remediation]] steps may hold, and their kinds.
+# Adding a key is one line here (and reading it below).
+CAUSE_KEYS: dict[str, type | tuple[type, ...]] = {
+    "id": str,
+    "title": str,
+    "prior": float,
+    "seed_prior": float,
+    "impact": str,
+    "description": str,
+    "confirm": str,
+    "evidence": dict,
+    "remediation": list,
+}
+STEP_KEYS: dict[str, type | tuple[type, ...]] = {"text": str, "commands": list, "when": str}
+CAUSE_REQUIRED = ("id", "title", "prior", "impact", "description", "confirm", "remediation")
+STEP_REQUIRED = ("text",)
+# {finding.id:key} in a step (the same pattern scoring fills); {target:...} is no finding
+_PLACEHOLDER = re.compile(r"\{([a-z_]+(?:\.[a-z_]+)*):([a-z_]+)\}")
+
 
 class CauseTableError(ValueError):
     """The cause table is malformed (a developer's error, caught by the conformance test)."""
 
 
-def parse_causes(raw: Mapping[str, Any]) -> tuple[Cause, ...]:
+def _check_keys(
+    table: Mapping[str, Any],
+    allowed: Mapping[str, type | tuple[type, ...]],
+    fail: Callable[[str], NoReturn],
+    what: str,
+) -> None:
+    for key, value in table.items():
+        kind = allowed.get(key)
+        if kind is None:
+            near = _close(key, list(allowed), n=1)
+            fail(f"{what}unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        if not isinstance(value, kind) or isinstance(value, bool):
+            name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            fail(f"{what}{key!r} must be of type {name}")
+
+
+def parse_causes(
+    raw: Mapping[str, Any],
+    *,
+    source: str = "causes.toml",
+    findings: Collection[str] | None = None,
+) -> tuple[Cause, ...]:
+    """`Cause` records from a parsed cause table, checked; `findings`, when given, is the
+    catalogue every finding id the table names must be in."""
     causes: list[Cause] = []
     seen: set[str] = set()
-    for row in raw.get("cause", []):
+    rows = raw.get("cause", [])
+    extra = sorted(set(raw) - {"cause"})
+    if extra:
+        raise CauseTableError(f"{source}: unknown top-level key(s) {extra}; only [[cause]] tables")
+    for number, row in enumerate(rows, start=1):
         cid = row.get("id")
+        name = cid if isinstance(cid, str) and cid else f"#{number}"
+
+        def fail(problem: str, name: str = name) -> NoReturn:
+            raise CauseTableError(f"{source}: cause {name}: {problem}")
+
+        _check_keys(row, CAUSE_KEYS, fail, "")
         if not isinstance(cid, str) or not cid:
-            raise CauseTableError("a cause has no id")
+            raise CauseTableError(f"{source}: cause #{number} has no id")
         if cid in seen:
-            raise CauseTableError(f"cause {cid} appears twice")
+            fail("appears twice")
         seen.add(cid)
         prior = row.get("prior")
         if not isinstance(prior, float) or not 0.0 < prior < 1.0:
-            raise CauseTableError(f"cause {cid}: prior must be a number strictly between 0 and 1")
+            fail("prior must be a number strictly between 0 and 1")
+        seed = row.get("seed_prior")
+        if seed is not None and not 0.0 < seed < 1.0:
+            fail("seed_prior must be a number strictly between 0 and 1")
         if row.get("impact") not in IMPACTS:
-            raise CauseTableError(f"cause {cid}: impact must be one of {IMPACTS}")
+            fail(f"impact must be one of {IMPACTS}")
         evidence = dict(row.get("evidence", {}))
         for fid, weight in evidence.items():
-            if not isinstance(weight, (int, float)) or weight <= 0:
-                raise CauseTableError(f"cause {cid}: weight of {fid} must be > 0")
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight <= 0:
+                fail(f"weight of {fid} must be > 0")
+        for number_step, step in enumerate(row.get("remediation", []), start=1):
+            where = f"remediation step {number_step}: "
+            if not isinstance(step, dict):
+                fail(f"{where}must be a table")
+            _check_keys(step, STEP_KEYS, fail, where)
+            if not all(isinstance(c, str) for c in step.get("commands", [])):
+                fail(f"{where}commands must be strings")
+        missing = [key for key in CAUSE_REQUIRED if key not in row]
+        missing += [
+            f"remediation step {i}: {key}"
+            for i, step in enumerate(row.get("remediation", []), start=1)
+            for key in STEP_REQUIRED
+            if key not in step
+        ]
+        if missing:
+            fail(f"missing {', '.join(missing)}")
+        if findings is not None:
+            _check_finding_ids(row, evidence, findings, fail)
         steps = tuple(
             RemediationTemplate(
                 text=str(step.get("text", "")),
@@ -64,12 +143,55 @@ def parse_causes(raw: Mapping[str, Any]) -> tuple[Cause, ...]:
     return tuple(causes)
 
 
+def _check_finding_ids(
+    row: Mapping[str, Any],
+    evidence: Mapping[str, Any],
+    findings: Collection[str],
+    fail: Callable[[str], NoReturn],
+) -> None:
+    """Every finding id the cause names, in evidence, `when` and placeholders, is catalogued."""
+    named = [("evidence", fid) for fid in evidence]
+    for i, step in enumerate(row.get("remediation", []), start=1):
+        if step.get("when") is not None:
+            # `finding.id` or `finding.id:key=value` (a condition on the finding's data)
+            named.append((f"remediation step {i}: when", step["when"].partition(":")[0]))
+        for text in (step.get("text", ""), *step.get("commands", [])):
+            named += [
+                (f"remediation step {i}: placeholder", source)
+                for source, _key in _PLACEHOLDER.findall(text)
+                if source != "target"
+            ]
+    for where, fid in named:
+        if fid not in findings:
+            near = _close(fid, list(findings), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            fail(f"{where}: unknown finding id {fid!r}{hint}")
+
+
+def finding_catalogue() -> frozenset[str]:
+    """Every finding id some probe can emit (the probes' `emits`): what causes may name."""
+    from exsa_doctor.probes import ALL_PROBES
+
+    return frozenset(fid for cls in ALL_PROBES for fid in cls.emits)
+
+
 @cache
 def load_causes() -> tuple[Cause, ...]:
-    """The shipped cause table."""
+    """The shipped cause table, checked against the finding catalogue."""
     text = resources.files("exsa_doctor").joinpath("causes.toml").read_text(encoding="utf-8")
-    return parse_causes(tomllib.loads(text))
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CauseTableError(f"causes.toml is not valid TOML: {exc}") from exc
+    return parse_causes(raw, source="causes.toml", findings=finding_catalogue())
 
 
 def cause_by_id(cause_id: str) -> Cause | None:
     return next((c for c in load_causes() if c.id == cause_id), None)
+
+
+def _close(word: str, choices: list[str], n: int = 1) -> list[str]:
+    """Close matches for a did-you-mean (difflib imported only when a load fails)."""
+    import difflib
+
+    return difflib.get_close_matches(word, choices, n=n)

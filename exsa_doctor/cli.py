@@ -1,18 +1,23 @@
 """The `exsa-doctor` command line: parse options, call, pick the exit code; nothing else.
 
 Exit codes: 0 healthy, 1 a problem diagnosed, 2 usage error, 3 inconclusive.
-Reports go to stdout (or `--output`), progress and messages to stderr. Heavy imports are done
-inside the commands so that `exsa-doctor --version` stays fast.
+Reports go to stdout (or `--output`), progress and messages to stderr. Every diagnosis comes
+from the library core (`api.py`). Heavy imports are done inside the commands, only the command
+being run is built, and `--version` is answered by `launch.py` before this module loads
+(docs/performance.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import gc
 import os
 import stat
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -39,14 +44,15 @@ class ReportFormat(str, enum.Enum):
     html = "html"
 
 
-app = typer.Typer(
+_APP_SETTINGS: dict[str, Any] = dict(
     name="exsa-doctor",
     help="Find out why a local LLM inference server failed to start or serve, and how to fix it.",
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+app = typer.Typer(**_APP_SETTINGS)
 
 
 def fail_usage(message: str) -> NoReturn:
@@ -166,69 +172,59 @@ def write_output(text: str, output: Path | None) -> None:
         fail_usage(f"cannot write --output {output}: {exc.strerror or exc}")
 
 
+# "program" is set once `main` runs: we are the exsa-doctor program, not a library or a test.
+_RUN: dict[str, bool] = {"program": False}
+
+
+def finish(code: int) -> NoReturn:
+    """End a one-shot command: as the program, flush and leave without interpreter teardown.
+
+    With Typer, Rich, httpx and the probes loaded, tearing the modules down costs 20-40 ms of a
+    300 ms budget, and nothing is left to release: the report is written and flushed, any
+    helper a probe started was stopped by PID, and probe threads are daemons. As a library or
+    under a test runner this is a plain `typer.Exit`.
+    """
+    if _RUN["program"]:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(code)
+    raise typer.Exit(code)
+
+
 def exit_code_for(verdict: str) -> int:
     return {"healthy": EXIT_HEALTHY, "unhealthy": EXIT_UNHEALTHY}.get(verdict, EXIT_INCONCLUSIVE)
 
 
-def build_target(
-    *,
-    url: str | None,
-    model: Path | None,
-    log: list[Path] | None,
-    pid: list[int] | None,
-    watch: float = 0.0,
-    failed_at: str | None = None,
-    generate: bool | None = None,
-    timeout: float = 10.0,
-    profile: str = "auto",
-    profile_file: Path | None = None,
-    port: int | None = None,
-    host: str | None = None,
-    health_path: str | None = None,
-    ready_marker: str | None = None,
-    process_name: list[str] | None = None,
-) -> Target:
-    """Options -> Target, turning bad input into a usage error (exit 2)."""
-    from dataclasses import replace
+@contextlib.contextmanager
+def loading() -> Iterator[None]:
+    """The cyclic garbage collector off while the probes and profiles are imported.
 
-    from exsa_doctor.detect import refine_target
-    from exsa_doctor.profiles import ProfileError, customized
-    from exsa_doctor.target import UsageError, resolve_target
+    Importing allocates many objects and frees few, so the collections it triggers find little
+    and cost 15-25 ms of CPU in `diagnose`'s start-up (docs/performance.md). Back on before
+    any probe runs.
+    """
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
+@contextlib.contextmanager
+def usage_errors() -> Iterator[None]:
+    """Turn the core's `UsageError` into the CLI's usage error (exit 2)."""
+    from exsa_doctor.target import UsageError
 
     try:
-        target = resolve_target(
-            url=url,
-            port=port,
-            host=host,
-            model=model,
-            logs=tuple(log or ()),
-            pids=tuple(pid or ()),
-            failed_at=failed_at,
-            watch_s=watch,
-            generate=generate,
-            timeout_s=timeout,
-            profile=profile,
-            profile_file=profile_file,
-        )
+        yield
     except UsageError as exc:
         fail_usage(str(exc))
-    auto = profile_file is None and profile in ("", "auto")
-    refined = refine_target(target, auto_profile=auto)
-    if health_path is None and ready_marker is None and not process_name:
-        return refined
-    try:
-        custom = customized(
-            refined.profile,
-            health_path=health_path,
-            ready_marker=ready_marker,
-            process_names=tuple(process_name or ()),
-        )
-    except ProfileError as exc:
-        fail_usage(str(exc))
-    return replace(refined, profile=custom)
 
 
-def render(diagnosis, fmt: ReportFormat, to_file: bool = False) -> str:  # type: ignore[no-untyped-def]
+def render(diagnosis: Diagnosis, fmt: ReportFormat, to_file: bool = False) -> str:
     from exsa_doctor.render import render_as
 
     # a file gets no colour codes, whatever the terminal we run in
@@ -301,55 +297,41 @@ def _check_logs(log: list[Path] | None) -> dict[str, bytes]:
     return inline
 
 
-def run_diagnosis_for(
+def target_from(
     *,
     url: str | None,
     model: Path | None,
     log: list[Path] | None,
     pid: list[int] | None,
-    watch: float,
-    failed_at: str | None,
-    generate: bool | None,
-    probe: list[str] | None,
-    timeout: float,
-    profile: str,
-    profile_file: Path | None,
+    watch: float = 0.0,
+    failed_at: str | None = None,
+    generate: bool | None = None,
+    timeout: float = 10.0,
+    profile: str = "auto",
+    profile_file: Path | None = None,
     health_path: str | None = None,
     ready_marker: str | None = None,
     process_name: list[str] | None = None,
-    keep: list[Context] | None = None,
-) -> tuple[Target, Diagnosis]:
-    """Shared by `diagnose` and `bundle`: options -> Target -> Diagnosis."""
-    from exsa_doctor import probes as probe_registry
-    from exsa_doctor.runner import diagnose as run_diagnosis
+) -> Target:
+    """The command-line options, as the core's target (usage errors exit 2)."""
+    from exsa_doctor import api
 
-    try:
-        selected = probe_registry.select(probe or [])
-    except KeyError as exc:
-        fail_usage(
-            f"unknown probe {exc.args[0]} (known: {', '.join(probe_registry.probe_names())})"
+    with usage_errors():
+        return api.make_target(
+            url=url,
+            model=model,
+            logs=tuple(log or ()),
+            pids=tuple(pid or ()),
+            watch_s=watch,
+            failed_at=failed_at,
+            generate=generate,
+            timeout_s=timeout,
+            profile=profile,
+            profile_file=profile_file,
+            health_path=health_path,
+            ready_marker=ready_marker,
+            process_names=tuple(process_name or ()),
         )
-    if watch and watch + 2 > timeout:
-        timeout = watch + 2.0  # watching must not be cut short by the default bound
-    target = build_target(
-        url=url,
-        model=model,
-        log=log,
-        pid=pid,
-        watch=watch,
-        failed_at=failed_at,
-        generate=generate,
-        timeout=timeout,
-        profile=profile,
-        profile_file=profile_file,
-        health_path=health_path,
-        ready_marker=ready_marker,
-        process_name=process_name,
-    )
-    for path in log or ():
-        if path.is_dir():
-            fail_usage(f"--log {path} is a directory; give the log file")
-    return target, run_diagnosis(target, selected, keep)
 
 
 @app.command()
@@ -408,25 +390,29 @@ def diagnose(
         except UsageError as exc:
             fail_usage(str(exc))
         write_output(render(diagnosis, fmt, to_file=output is not None), output)
-        raise typer.Exit(exit_code_for(diagnosis.verdict.value))
-    _target, diagnosis = run_diagnosis_for(
-        url=url,
-        model=model,
-        log=log,
-        pid=pid,
-        watch=watch,
-        failed_at=failed_at,
-        generate=generate,
-        probe=probe,
-        timeout=timeout,
-        profile=profile,
-        profile_file=profile_file,
-        health_path=health_path,
-        ready_marker=ready_marker,
-        process_name=process_name,
-    )
+        finish(exit_code_for(diagnosis.verdict.value))
+    from exsa_doctor import api
+
+    with loading(), usage_errors():
+        selected = api.select_probes(probe or ())
+        target = target_from(
+            url=url,
+            model=model,
+            log=log,
+            pid=pid,
+            watch=watch,
+            failed_at=failed_at,
+            generate=generate,
+            timeout=timeout,
+            profile=profile,
+            profile_file=profile_file,
+            health_path=health_path,
+            ready_marker=ready_marker,
+            process_name=process_name,
+        )
+    diagnosis = api.diagnose(target, probes=selected)
     write_output(render(diagnosis, fmt, to_file=output is not None), output)
-    raise typer.Exit(exit_code_for(diagnosis.verdict.value))
+    finish(exit_code_for(diagnosis.verdict.value))
 
 
 @app.command()
@@ -454,6 +440,7 @@ def bundle(
     ] = False,
 ) -> None:
     """Diagnose, then write a redacted support bundle (reports, log tails, processes, system)."""
+    from exsa_doctor import api
     from exsa_doctor.bundle import build_bundle
 
     if output.is_dir():
@@ -461,7 +448,9 @@ def bundle(
     if not output.parent.exists():
         fail_usage(f"--output {output}: folder {output.parent} does not exist")
     kept: list[Context] = []
-    target, diagnosis = run_diagnosis_for(
+    with usage_errors():
+        selected = api.select_probes(probe or ())
+    target = target_from(
         url=url,
         model=model,
         log=log,
@@ -469,15 +458,14 @@ def bundle(
         watch=watch,
         failed_at=failed_at,
         generate=generate,
-        probe=probe,
         timeout=timeout,
         profile=profile,
         profile_file=profile_file,
         health_path=health_path,
         ready_marker=ready_marker,
         process_name=process_name,
-        keep=kept,
     )
+    diagnosis = api.diagnose(target, probes=selected, keep=kept)
     # the processes the probes already read (memoised in the run's context), not a second walk;
     # only when the run never read them (--probe) or was cut short, read them now
     engines, complete = kept[0].engines()
@@ -559,12 +547,39 @@ def explain(
     sys.stdout.write(render_cause(found))
 
 
+def command_name(info: typer.models.CommandInfo) -> str:
+    """The name a registered command is called by."""
+    if info.name:
+        return info.name
+    assert info.callback is not None
+    return info.callback.__name__.lower().replace("_", "-")
+
+
+def app_for(argv: list[str]) -> typer.Typer:
+    """The app with only the command being run (all of them for help and completion).
+
+    Typer turns every registered command's parameters into Click parameters before it parses
+    anything; building only the one that runs saves that work for the other commands
+    (docs/performance.md).
+    """
+    wanted = argv[0] if argv else ""
+    completing = any(k.endswith("_COMPLETE") for k in os.environ if k.startswith("_EXSA"))
+    chosen = [c for c in app.registered_commands if command_name(c) == wanted]
+    if not chosen or completing:
+        return app
+    lean = typer.Typer(**_APP_SETTINGS)
+    lean.registered_callback = app.registered_callback
+    lean.registered_commands = chosen
+    return lean
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Run the command line (`launch.main` is the console script; it answers --version)."""
+    _RUN["program"] = True
     if os.environ.get("NO_COLOR"):
         os.environ.setdefault("TERM", "dumb")
     try:
-        app()
+        app_for(sys.argv[1:])()
     except KeyboardInterrupt:
         sys.stderr.write("exsa-doctor: interrupted\n")
         sys.exit(130)
@@ -639,9 +654,11 @@ def wait(
     process_name: ProcessNameOpt = None,
 ) -> None:
     """Return (exit 0) the moment the engine is ready; if it dies or never gets there, say why."""
+    from exsa_doctor import api
+
     if not 0 < timeout <= 86400:
         fail_usage("--timeout must be between 0 and 86400 seconds")
-    target = build_target(
+    target = target_from(
         url=url,
         model=None,
         log=log,
@@ -654,21 +671,20 @@ def wait(
     )
     from exsa_doctor.supervise import wait as waiting
 
-    result = waiting.wait_ready(
-        waiting.WaitRequest(
-            target=target, timeout_s=timeout, pids=tuple(pid or ()), logs=tuple(log or ())
-        ),
-        waiting.reporter_for(sys.stderr),
-    )
-    message = waiting.summary(result)
-    if result.outcome is waiting.Outcome.READY:
-        waiting.stderr_write(f"exsa-doctor wait: {message}\n")
+    with usage_errors():
+        outcome = api.wait(
+            target,
+            timeout_s=timeout,
+            pids=tuple(pid or ()),
+            logs=tuple(log or ()),
+            reporter=waiting.reporter_for(sys.stderr),
+        )
+    waiting.stderr_write(f"exsa-doctor wait: {outcome.summary}\n")
+    if outcome.diagnosis is None:
         waiting.exit_now_if_program(EXIT_HEALTHY)
         raise typer.Exit(EXIT_HEALTHY)
-    waiting.stderr_write(f"exsa-doctor wait: {message}\n")
-    diagnosis = waiting.failure_diagnosis(target, result)
-    waiting.render_failure(diagnosis, waiting.stderr_write)
-    waiting.stderr_write(f"exsa-doctor wait: {message}\n")
+    waiting.render_failure(outcome.diagnosis, waiting.stderr_write)
+    waiting.stderr_write(f"exsa-doctor wait: {outcome.summary}\n")
     raise typer.Exit(EXIT_UNHEALTHY)
 
 
@@ -722,52 +738,31 @@ def run(
     process_name: ProcessNameOpt = None,
 ) -> None:
     """Preflight, start the engine, wait until ready, run --then, always tear down."""
-    from exsa_doctor.supervise.run import RunOptions, RunUsageError, run_engine
-    from exsa_doctor.target import UsageError, choose_profile
+    from exsa_doctor import api
 
-    if not engine:
-        fail_usage("give the engine command after --, e.g.: exsa-doctor run -- exsa-engine")
     port_number: int | None = None
     if port is not None and port != "auto":
         try:
             port_number = int(port)
         except ValueError:
             fail_usage(f"--port {port!r}: give a port number or 'auto'")
-    chosen = None
-    if profile_file is not None or profile not in ("", "auto"):
-        try:
-            chosen, _reason = choose_profile(profile, profile_file)
-        except UsageError as exc:
-            fail_usage(str(exc))
-    if health_path is not None or ready_marker is not None or process_name:
-        from exsa_doctor.profiles import ProfileError, customized
-        from exsa_doctor.supervise.run import profile_for_argv
-
-        base = chosen if chosen is not None else profile_for_argv(list(engine))[0]
-        try:
-            chosen = customized(
-                base,
-                health_path=health_path,
-                ready_marker=ready_marker,
-                process_names=tuple(process_name or ()),
-            )
-        except ProfileError as exc:
-            fail_usage(str(exc))
-    options = RunOptions(
-        argv=list(engine),
-        port=port_number,
-        port_auto=port == "auto",
-        host=host,
-        then=then,
-        ready_timeout_s=ready_timeout,
-        report_dir=report_dir,
-        log=log,
-        profile=chosen,
-    )
-    try:
-        code = run_engine(options)
-    except RunUsageError as exc:
-        fail_usage(str(exc))
+    with usage_errors():
+        options = api.run_options(
+            engine or (),
+            port=port_number,
+            port_auto=port == "auto",
+            host=host,
+            then=then,
+            ready_timeout_s=ready_timeout,
+            report_dir=report_dir,
+            log=log,
+            profile=profile,
+            profile_file=profile_file,
+            health_path=health_path,
+            ready_marker=ready_marker,
+            process_names=tuple(process_name or ()),
+        )
+        code = api.run_command(options)
     raise typer.Exit(code)
 
 

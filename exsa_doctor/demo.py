@@ -26,29 +26,24 @@ DEFAULT_SCENARIO = "race"
 
 def scenario_target(sc: Scenario, timeout: float = 10.0, watch: float | None = None) -> Target:
     """The target a user of this scenario would give: its URL, model, log and failure time."""
-    from exsa_doctor.cli import build_target
+    from exsa_doctor.api import make_target
 
-    watch = sc.watch_s if watch is None else watch
-    if watch and watch + 2 > timeout:
-        timeout = watch + 2.0  # as `diagnose` does: watching is never cut short by the bound
-    target: Target = build_target(
+    return make_target(
         url=sc.url,
         model=sc.model,
-        log=[sc.log] if sc.log else None,
-        pid=list(sc.target_pids) or None,
-        watch=watch,
+        logs=[sc.log] if sc.log else (),
+        pids=sc.target_pids,
+        watch_s=sc.watch_s if watch is None else watch,
         failed_at=f"{sc.failed_at:.6f}" if sc.failed_at is not None else None,
-        timeout=timeout,
+        timeout_s=timeout,
     )
-    return target
 
 
 def diagnose_scenario(sc: Scenario, timeout: float = 10.0, watch: float | None = None) -> Diagnosis:
     """Run every probe against the scenario, exactly as `exsa-doctor diagnose` would."""
-    from exsa_doctor import probes
-    from exsa_doctor.runner import diagnose
+    from exsa_doctor.api import diagnose
 
-    return diagnose(scenario_target(sc, timeout, watch), probes.select())
+    return diagnose(scenario_target(sc, timeout, watch))
 
 
 @contextmanager

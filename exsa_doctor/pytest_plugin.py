@@ -133,14 +133,10 @@ def exsa_engine(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 def _diagnosis_markdown(url: str) -> str:
-    from exsa_doctor import probes
-    from exsa_doctor.detect import refine_target
+    from exsa_doctor import api
     from exsa_doctor.render import render_as
-    from exsa_doctor.runner import diagnose
-    from exsa_doctor.target import resolve_target
 
-    target = refine_target(resolve_target(url=url, timeout_s=8.0), auto_profile=True)
-    return render_as(diagnose(target, probes.select()), "markdown")
+    return render_as(api.diagnose(api.make_target(url=url, timeout_s=8.0)), "markdown")
 
 
 @pytest.hookimpl(wrapper=True)

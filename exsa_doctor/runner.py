@@ -1,4 +1,4 @@
-"""Runs the probes side by side under one deadline, then scores and assembles the `Diagnosis`.
+"""Runs the probes side by side under one deadline; `api.diagnose` scores what they found.
 
 Each probe runs in its own daemon thread (a hung probe cannot be killed, but it must not keep the
 process alive either). A probe that raises becomes a `crashed` row, one that overruns its own
@@ -7,25 +7,15 @@ timeout or the run's deadline becomes a `timeout` row; the run always finishes i
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from exsa_doctor import __version__
-from exsa_doctor.causes import load_causes
 from exsa_doctor.context import Context, DeadlineExceeded
-from exsa_doctor.model import (
-    Diagnosis,
-    Finding,
-    ProbeResult,
-    ProbeStatus,
-    TimelineEvent,
-)
+from exsa_doctor.model import Diagnosis, ProbeResult, ProbeStatus
 from exsa_doctor.probes.base import Probe, ProbeOutput
-from exsa_doctor.scoring import score, verdict
 from exsa_doctor.target import Target
 
 # Time kept back from the deadline for scoring and rendering.
@@ -175,10 +165,20 @@ def run_probes(ctx: Context, probes: Sequence[Probe]) -> list[ProbeResult]:
     return results
 
 
-def diagnose(
+@dataclass(frozen=True)
+class ProbeRun:
+    """The probes' results for one run, and the target as the probes left it (refined)."""
+
+    target: Target
+    results: tuple[ProbeResult, ...]
+    started: float  # time.monotonic()
+    started_wall: float
+
+
+def run_probes_for(
     target: Target, probes: Sequence[Probe], keep: list[Context] | None = None
-) -> Diagnosis:
-    """Run `probes` against `target` and return the scored diagnosis.
+) -> ProbeRun:
+    """Run `probes` against `target` under the target's bound; `api.diagnose` scores the result.
 
     `keep`, when given, receives the run's context, so a caller (the support bundle) can reuse
     what the probes already read, such as the engine processes, instead of reading it again.
@@ -191,23 +191,14 @@ def diagnose(
     results = run_probes(ctx, probes)
     # a probe abandoned at the deadline may have left a helper running (py-spy, lsof)
     ctx.stop_children()
-    findings: list[Finding] = [f for r in results for f in r.findings]
-    timeline: list[TimelineEvent] = [e for r in results for e in r.timeline]
-    if target.failed_at is not None:
-        timeline.append(TimelineEvent(t=target.failed_at, source="client", event="request failed"))
-    timeline.sort(key=lambda e: e.t)
     final_target = ctx.shared("target", lambda: target)
-    ranked = score(load_causes(), findings, target_vars(final_target))
-    return Diagnosis(
-        tool_version=__version__,
-        target=final_target.info(),
-        started_at=started_wall,
-        duration_s=round(time.monotonic() - started, 4),
-        verdict=verdict(ranked, findings),
-        causes=ranked,
-        findings=tuple(findings),
-        probes=tuple(results),
-        timeline=tuple(timeline),
-        failed_at=target.failed_at,
-        hostname=socket.gethostname(),
-    )
+    return ProbeRun(final_target, tuple(results), started, started_wall)
+
+
+def diagnose(
+    target: Target, probes: Sequence[Probe], keep: list[Context] | None = None
+) -> Diagnosis:
+    """The same as `api.diagnose(target, probes=probes, keep=keep)` (kept for callers of old)."""
+    from exsa_doctor.api import diagnose as core_diagnose
+
+    return core_diagnose(target, probes=probes, keep=keep)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import re
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,6 +27,132 @@ DEFAULT_PROFILE = "exsa-engine"
 
 class ProfileError(ValueError):
     """A profile file that cannot be read or does not make sense."""
+
+
+# What a profile file may hold, checked when it is loaded: table -> key -> kind of value. ""
+# is the top level; "*" accepts any key of that kind. Adding a key is one line here (and
+# reading it in `profile_from_mapping`). Kinds are checked by `_KIND_CHECKS`.
+PROFILE_SCHEMA: dict[str, dict[str, str]] = {
+    "": {"name": "str", "description": "str", "default_port": "port", "bind_order": "str"},
+    "process": {"executables": "list[str]", "cmdline_regexes": "list[regex]"},
+    "config": {
+        "port_env": "str",
+        "host_env": "str",
+        "model_env": "str",
+        "port_args": "list[str]",
+        "host_args": "list[str]",
+        "model_args": "list[str]",
+    },
+    "health": {
+        "path": "str",
+        "ready_status": "list[int]",
+        "status_key": "str",
+        "ready_values": "list[str]",
+        "ready_body_regex": "regex",
+        "overloaded_values": "list[str]",
+        "shutdown_values": "list[str]",
+        "model_loaded_key": "str",
+        "loading_status": "list[int]",
+        "loading_body_regex": "regex",
+        "server_header_regex": "regex",
+    },
+    "generation": {"path": "str", "kind": "str", "body": "str"},
+    "logs": {"timestamp": "str"},
+    "logs.markers": {"*": "regex"},
+    "commands": {"*": "text"},
+    "auth": {"args": "list[str]", "env": "str", "header": "str"},
+}
+# Entries every profile must have: what identifies the engine and where it says it is ready.
+PROFILE_REQUIRED = ("name", "default_port", "process.executables", "health.path")
+
+
+def _is_regex(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        re.compile(value)
+    except re.error:
+        return False
+    return True
+
+
+def _is_list(value: object, item: Callable[[object], bool]) -> bool:
+    return isinstance(value, list) and all(item(v) for v in value)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_KIND_CHECKS: dict[str, Callable[[object], bool]] = {
+    "str": lambda v: isinstance(v, str),
+    "port": lambda v: _is_int(v) and 0 < v < 65536,  # type: ignore[operator]
+    "regex": _is_regex,
+    "list[str]": lambda v: _is_list(v, lambda i: isinstance(i, str)),
+    "list[int]": lambda v: _is_list(v, _is_int),
+    "list[regex]": lambda v: _is_list(v, _is_regex),
+    "text": lambda v: isinstance(v, str) or _is_list(v, lambda i: isinstance(i, str)),
+}
+_KIND_NAMES = {
+    "str": "a string",
+    "port": "a port number 1-65535",
+    "regex": "a valid regular expression",
+    "list[str]": "a list of strings",
+    "list[int]": "a list of integers",
+    "list[regex]": "a list of valid regular expressions",
+    "text": "a string or a list of strings",
+}
+
+
+def _entry_problem(kind: str, value: object) -> str:
+    """Why `value` is not of `kind` (the regex error itself when it is one)."""
+    if kind in ("regex", "list[regex]"):
+        for rx in value if isinstance(value, list) else [value]:
+            if isinstance(rx, str):
+                try:
+                    re.compile(rx)
+                except re.error as exc:
+                    return f"bad regex {rx!r}: {exc}"
+    return f"must be {_KIND_NAMES[kind]}"
+
+
+def check_profile(raw: Mapping[str, Any], where: str) -> None:
+    """ProfileError naming `where` and the entry for unknown keys, wrong kinds, bad regexes or
+    missing entries (`PROFILE_SCHEMA`, `PROFILE_REQUIRED`)."""
+
+    def fail(entry: str, problem: str) -> NoReturn:
+        raise ProfileError(f"profile {where}: {entry}: {problem}")
+
+    def walk(table: Mapping[str, Any], prefix: str) -> None:
+        allowed = PROFILE_SCHEMA[prefix]
+        for key, value in table.items():
+            path = f"{prefix}.{key}" if prefix else key
+            if path in PROFILE_SCHEMA:
+                if not isinstance(value, dict):
+                    fail(f"[{path}]", "must be a table")
+                walk(value, path)
+                continue
+            kind = allowed.get(key, allowed.get("*"))
+            if kind is None:
+                known = [k for k in allowed if k != "*"]
+                known += [t.rsplit(".", 1)[-1] for t in PROFILE_SCHEMA if _parent(t) == prefix]
+                near = _close(key, known, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                fail(path, f"unknown key{hint}")
+            if not _KIND_CHECKS[kind](value):
+                fail(path, _entry_problem(kind, value))
+
+    walk(raw, "")
+    for path in PROFILE_REQUIRED:
+        table: Any = raw
+        for part in path.split("."):
+            table = table.get(part) if isinstance(table, dict) else None
+        if table is None:
+            fail(path, "missing (every profile needs it)")
+
+
+def _parent(table: str) -> str:
+    return table.rsplit(".", 1)[0] if "." in table else ""
 
 
 @dataclass(frozen=True)
@@ -152,7 +278,12 @@ def _str(raw: Mapping[str, Any], key: str, default: str = "") -> str:
 
 
 def profile_from_mapping(raw: Mapping[str, Any], source: str = "") -> Profile:
-    """Build a `Profile` from parsed TOML, checking types and regexes."""
+    """Build a `Profile` from parsed TOML, checked against `PROFILE_SCHEMA` first."""
+    if source.startswith("builtin:"):
+        where = f"{source.removeprefix('builtin:')}.toml (built-in)"
+    else:
+        where = f"file {source}" if source else "(given as data)"
+    check_profile(raw, where)
     try:
         proc = raw.get("process", {})
         cfg = raw.get("config", {})
@@ -230,7 +361,11 @@ def load_builtin(name: str) -> Profile:
             f"unknown profile '{name}' (known: {', '.join(builtin_names())}, or use --profile-file)"
         )
     text = resources.files(__package__).joinpath(f"{name}.toml").read_text(encoding="utf-8")
-    return profile_from_mapping(tomllib.loads(text), source=f"builtin:{name}")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"built-in profile {name}.toml is not valid TOML: {exc}") from exc
+    return profile_from_mapping(raw, source=f"builtin:{name}")
 
 
 def load_file(path: Path) -> Profile:
@@ -279,3 +414,10 @@ def customized(
     if health_path or ready_marker or process_names:
         profile = replace(profile, source=profile.source + " (customised on the command line)")
     return profile
+
+
+def _close(word: str, choices: list[str], n: int = 1) -> list[str]:
+    """Close matches for a did-you-mean (difflib imported only when a load fails)."""
+    import difflib
+
+    return difflib.get_close_matches(word, choices, n=n)

@@ -462,6 +462,7 @@ class Runner:
         self.target: Target | None = None
         self.guard = SignalGuard()
         self.model: str | None = None
+        self.diagnosis: Diagnosis | None = None  # the last one made (a failed start's)
 
     # ------------------------------------------------------------------------ main
     def execute(self) -> int:
@@ -487,6 +488,15 @@ class Runner:
         return code
 
     def _supervise(self) -> int:
+        engine = self.start()
+        if isinstance(engine, int):
+            return engine
+        if self.opts.then is not None:
+            return self._run_then(self.opts.then, engine)
+        return self._stay(engine)
+
+    def start(self) -> Child | int:
+        """Preflight, start, wait: the ready engine, or the exit code of a failed start."""
         opts = self.opts
         port, host = choose_port_host(opts, self.profile)
         st = self.state
@@ -548,9 +558,7 @@ class Runner:
             f"engine ready at {self.target.base_url} (PID {engine.pid}) after "
             f"{result.elapsed_s:.2f} s"
         )
-        if opts.then is not None:
-            return self._run_then(opts.then, engine)
-        return self._stay(engine)
+        return engine
 
     def _target(self, port: int, host: str) -> Target:
         target = resolve_target(
@@ -647,14 +655,14 @@ class Runner:
     def _diagnose_and_report(self, target: Target, result: WaitResult | None) -> Diagnosis:
         st = self.state
         if result is None:
-            from exsa_doctor import probes
-            from exsa_doctor.runner import diagnose
+            from exsa_doctor.api import diagnose
 
-            diagnosis = diagnose(target, probes.select())
+            diagnosis = diagnose(target)
         else:
             logs = (st.log_path,) if st.log_path is not None else ()
             pids = (st.engine.pid,) if st.engine is not None else ()
             diagnosis = failure_diagnosis(replace(target, logs=logs, pids=pids), result)
+        self.diagnosis = diagnosis
         render_failure(diagnosis, sys.stderr.write)
         if self.opts.report_dir is not None:
             self._write_reports(diagnosis, self.opts.report_dir)
@@ -708,6 +716,10 @@ class Runner:
             sys.stderr.flush()
 
     # ------------------------------------------------------------------ teardown
+    def stop(self) -> bool:
+        """Tear down whatever was started (idempotent); False when something survived."""
+        return self._teardown()
+
     def _teardown(self) -> bool:
         """Stop --then's group and the engine's group, verify, remove the temp dir."""
         st = self.state
@@ -769,6 +781,12 @@ class Runner:
 
 def run_engine(opts: RunOptions) -> int:
     """The `run` command's body: returns the exit code (RunUsageError for bad options)."""
+    check_options(opts)
+    return Runner(opts).execute()
+
+
+def check_options(opts: RunOptions) -> None:
+    """RunUsageError for options that cannot work."""
     if not opts.argv:
         raise RunUsageError("give the engine command after --, e.g. run -- exsa-engine")
     if opts.ready_timeout_s <= 0 or opts.ready_timeout_s > 86400:
@@ -777,4 +795,3 @@ def run_engine(opts: RunOptions) -> int:
         raise RunUsageError("--port must be 1-65535 or auto")
     if opts.report_dir is not None and opts.report_dir.exists() and not opts.report_dir.is_dir():
         raise RunUsageError(f"--report-dir {opts.report_dir} exists and is not a directory")
-    return Runner(opts).execute()

@@ -44,7 +44,7 @@ from typing import IO, Any, Protocol
 
 import psutil
 
-from exsa_doctor.model import Diagnosis, Finding, Level, ProbeResult, ProbeStatus
+from exsa_doctor.model import Diagnosis, Finding, Level
 from exsa_doctor.parsers.health import MAX_BODY_BYTES, HealthAnswer, HealthState, classify_health
 from exsa_doctor.profiles import Profile, all_builtin
 from exsa_doctor.supervise.signals import Child, exit_fd, fd_ready
@@ -886,50 +886,11 @@ def failure_target(target: Target, result: WaitResult) -> Target:
     return new
 
 
-def with_findings(diagnosis: Diagnosis, extra: Sequence[Finding], target: Target) -> Diagnosis:
-    """The diagnosis re-scored with the wait's findings (ids a probe already emitted are kept
-    as the probe said them)."""
-    if not extra:
-        return diagnosis
-    from exsa_doctor.causes import load_causes
-    from exsa_doctor.runner import target_vars
-    from exsa_doctor.scoring import score, verdict
-
-    have = {f.id for f in diagnosis.findings}
-    progress_seen = any(i.startswith("progress.") and i != "progress.transitions" for i in have)
-    added = [
-        f
-        for f in extra
-        if f.id not in have and not (progress_seen and f.id != "progress.transitions")
-    ]
-    if not added:
-        return diagnosis
-    findings = (*diagnosis.findings, *added)
-    ranked = score(load_causes(), findings, target_vars(target))
-    row = ProbeResult(
-        name="wait",
-        status=ProbeStatus.OK,
-        duration_s=0.0,
-        detail="observations made while waiting for readiness",
-        findings=tuple(added),
-    )
-    return replace(
-        diagnosis,
-        findings=findings,
-        causes=ranked,
-        verdict=verdict(ranked, findings),
-        probes=(*diagnosis.probes, row),
-    )
-
-
 def failure_diagnosis(target: Target, result: WaitResult) -> Diagnosis:
-    """Run every probe against what the wait watched, and add what the wait itself saw."""
-    from exsa_doctor import probes
-    from exsa_doctor.runner import diagnose
+    """Diagnose what the wait watched; the core scores the wait's own observations in."""
+    from exsa_doctor.api import diagnose, wait_observations
 
-    diag_target = failure_target(target, result)
-    diagnosis = diagnose(diag_target, probes.select())
-    return with_findings(diagnosis, wait_findings(result), diag_target)
+    return diagnose(failure_target(target, result), observations=wait_observations(result))
 
 
 def render_failure(diagnosis: Diagnosis, write: Callable[[str], object]) -> None:
