@@ -63,6 +63,7 @@ _ALIAS = re.compile(r"^(?P<base>[A-Za-z_]+?)\d+$")
 _PLACE = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 _OPTIONAL = re.compile(r"\[([^\[\]]*)\]")
 MAX_LINE_CHARS = 8192
+_TRACEBACK_FRAME = re.compile(r'^\s{0,8}File "[^"\n]{1,1000}", line \d{1,7}')
 MAX_BOUNDED_REPEAT = 1000
 # how many lines of a run are read at most: its first and its last ones
 HEAD_LINES = 4000
@@ -150,6 +151,8 @@ class Table:
         hits: list[Hit] = []
         for idx in indexes:
             line = lines[idx][:MAX_LINE_CHARS]
+            if idx > 0 and _TRACEBACK_FRAME.match(lines[idx - 1]):
+                continue  # a Python traceback's source line is code, not what happened
             found = self.match_line(line)
             if found is not None:
                 sig, groups = found

@@ -129,7 +129,7 @@ def test_missing_model(start_lcp: StartLcp, tmp_path: Path) -> None:
     assert gone.data["path"] == str(missing)
     (error,) = findings(diagnosis, "logs.model_error")
     # the traceback's own last line, the Python error, is the evidence
-    assert error.data["reason"] == str(missing)
+    assert error.data["path"] == str(missing)  # the exception's own line, not the source line
     assert "ValueError: Model path does not exist" in error.data["line"]
     assert "logs.model_error" in {e.finding for e in top.evidence}
 
