@@ -550,8 +550,12 @@ def wait(
     process_name: ProcessNameOpt = None,
 ) -> None:
     """Return (exit 0) the moment the engine is ready; if it dies or never gets there, say why."""
-    if not 0 < timeout <= 86400:
-        fail_usage("--timeout must be between 0 and 86400 seconds")
+    from exsa_doctor.target import UsageError, check_seconds
+
+    try:
+        check_seconds("--timeout", timeout, 86400)
+    except UsageError as exc:
+        fail_usage(str(exc))
     target = build_target(
         url=url,
         model=None,

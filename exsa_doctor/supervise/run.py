@@ -771,8 +771,12 @@ def run_engine(opts: RunOptions) -> int:
     """The `run` command's body: returns the exit code (RunUsageError for bad options)."""
     if not opts.argv:
         raise RunUsageError("give the engine command after --, e.g. run -- exsa-engine")
-    if opts.ready_timeout_s <= 0 or opts.ready_timeout_s > 86400:
-        raise RunUsageError("--ready-timeout must be between 0 and 86400 seconds")
+    from exsa_doctor.target import UsageError, check_seconds
+
+    try:
+        check_seconds("--ready-timeout", opts.ready_timeout_s, 86400)
+    except UsageError as exc:
+        raise RunUsageError(str(exc)) from None
     if opts.port is not None and not 0 < opts.port < 65536:
         raise RunUsageError("--port must be 1-65535 or auto")
     if opts.report_dir is not None and opts.report_dir.exists() and not opts.report_dir.is_dir():
