@@ -64,7 +64,7 @@ def _run_one(slot: _Slot, ctx: Context) -> None:
 def target_vars(target: Target) -> dict[str, str]:
     """Values for `{target:...}` placeholders in remediation commands."""
     model = str(target.model) if target.model else ""
-    return {
+    values = {
         "url": target.base_url,
         "host": target.host,
         "port": str(target.port),
@@ -72,6 +72,9 @@ def target_vars(target: Target) -> dict[str, str]:
         "model_or_placeholder": model or "/path/to/model.gguf",
         "health_url": target.endpoint(target.profile.health.path),
     }
+    # the engine's own commands (start, run, readiness check) from its profile
+    commands = target.profile.command_vars({**values, "model": values["model_or_placeholder"]})
+    return {**values, **commands}
 
 
 def run_probes(ctx: Context, probes: Sequence[Probe]) -> list[ProbeResult]:

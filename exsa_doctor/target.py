@@ -131,9 +131,7 @@ def parse_url(url: str, option: str = "--url") -> tuple[str, str, int]:
             raise UsageError(f"{option} {url!r}: the port must be a number 1-65535") from None
         raise UsageError(f"{option} {url!r} is not a valid URL ({exc}): {expected}") from None
     if parts.scheme not in ("http", "https"):
-        raise UsageError(
-            f"{option} {url!r}: only http:// and https:// are supported; {expected}"
-        )
+        raise UsageError(f"{option} {url!r}: only http:// and https:// are supported; {expected}")
     if not parts.hostname:
         raise UsageError(f"{option} {url!r} has no host: {expected}")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
@@ -159,7 +157,9 @@ def check_seconds(option: str, value: float, high: float, *, zero_ok: bool = Fal
     low_ok = value >= 0 if zero_ok else value > 0
     if not (low_ok and value <= high):  # also refuses NaN
         low = "0 or more" if zero_ok else "more than 0"
-        raise UsageError(f"{option} {value:g}: give a number of seconds, {low} and at most {high:g}")
+        raise UsageError(
+            f"{option} {value:g}: give a number of seconds, {low} and at most {high:g}"
+        )
 
 
 def choose_profile(name: str | None, profile_file: Path | None) -> tuple[Profile, str]:

@@ -55,6 +55,46 @@ class GenerationSpec:
 
 
 @dataclass(frozen=True)
+class CommandSpec:
+    """Shell commands a fix may show for this engine, as templates.
+
+    `start`: start it by hand on `{host}:{port}` with `{model}`; `run`: the same under
+    `exsa-doctor run` (which picks the port); `ready`: a readiness check that ends, ready or not,
+    by this engine's meaning of ready; `capacity`: start it with more room for requests.
+    `{model}` is shell-quoted when filled; the others are validated URL parts.
+    """
+
+    start: str = ""
+    run: str = ""
+    ready: str = ""
+    capacity: str = ""
+
+    def filled(self, values: Mapping[str, str]) -> dict[str, str]:
+        """`start_command`, `start_command_port_var` (port `$PORT`), `run_command`,
+        `ready_check`, `capacity_command` for `{target:...}` placeholders; a template that names
+        an unknown value is left out, never shown half-filled."""
+        quoted = {k: (shlex.quote(v) if k == "model" else v) for k, v in values.items() if v}
+        out: dict[str, str] = {}
+        for key, template, overrides in (
+            ("start_command", self.start, {}),
+            ("start_command_port_var", self.start, {"port": '"$PORT"'}),
+            ("run_command", self.run, {}),
+            ("ready_check", self.ready, {}),
+            ("capacity_command", self.capacity, {}),
+        ):
+            if not template:
+                continue
+            try:
+                out[key] = template.format_map({**quoted, **overrides})
+            except (KeyError, ValueError, IndexError):
+                continue
+        return out
+
+
+_COMMAND_FIELDS = ("model", "host", "port", "url", "health_url")
+
+
+@dataclass(frozen=True)
 class Profile:
     """One engine's behaviour, as data."""
 
@@ -75,6 +115,34 @@ class Profile:
     timestamp_format: str
     markers: Mapping[str, str] = field(default_factory=dict)
     source: str = ""
+    commands: CommandSpec = field(default_factory=CommandSpec)
+    # how a client proves it may ask, when the engine demands a key (auth-required's fix)
+    auth_args: tuple[str, ...] = ()
+    auth_env: str = ""
+    auth_header: str = ""
+
+    def command_vars(self, values: Mapping[str, str]) -> dict[str, str]:
+        """Values for `{target:...}` placeholders that come from this profile: its filled
+        commands, how its model is set (`model_setting`), how a client sends a key (`auth_*`)."""
+        out = self.commands.filled(values)
+        if self.model_args:
+            out["model_setting"] = f"{self.model_args[0]} MODEL"
+        elif self.model_env:
+            out["model_setting"] = f"{self.model_env}=MODEL"
+        ways = [f"{a} KEY" for a in self.auth_args[:1]]
+        if self.auth_env:
+            ways.append(self.auth_env)
+        if ways:
+            out["auth_setting"] = " or ".join(ways)
+        if self.auth_header:
+            out["auth_header"] = self.auth_header
+        url = values.get("url")
+        if url and "'" not in self.generation.body:
+            out["generate_command"] = (
+                f"curl -sN -X POST {url}{self.generation.path} "
+                f"-H 'Content-Type: application/json' -d '{self.generation.body}'"
+            )
+        return out
 
     def compiled_markers(self) -> dict[str, re.Pattern[str]]:
         return _compile_markers(tuple(sorted(self.markers.items())))
@@ -157,6 +225,8 @@ def profile_from_mapping(raw: Mapping[str, Any], source: str = "") -> Profile:
         health = raw.get("health", {})
         gen = raw.get("generation", {})
         logs = raw.get("logs", {})
+        cmds = raw.get("commands", {})
+        auth = raw.get("auth", {})
         markers = dict(logs.get("markers", {}))
         for key, rx in markers.items():
             if not isinstance(rx, str):
@@ -198,7 +268,17 @@ def profile_from_mapping(raw: Mapping[str, Any], source: str = "") -> Profile:
             timestamp_format=_str(logs, "timestamp", "iso8601"),
             markers=markers,
             source=source,
+            commands=CommandSpec(
+                start=_str(cmds, "start"),
+                run=_str(cmds, "run"),
+                ready=_str(cmds, "ready"),
+                capacity=_str(cmds, "capacity"),
+            ),
+            auth_args=_tuple_of(auth, "args", str),
+            auth_env=_str(auth, "env"),
+            auth_header=_str(auth, "header"),
         )
+        _check_command_templates(profile.commands, source)
     except re.error as exc:
         raise ProfileError(f"bad regex in profile {source or '?'}: {exc}") from exc
     except AttributeError as exc:
@@ -209,6 +289,26 @@ def profile_from_mapping(raw: Mapping[str, Any], source: str = "") -> Profile:
         except re.error as exc:
             raise ProfileError(f"bad cmdline regex {rx!r}: {exc}") from exc
     return profile
+
+
+def _check_command_templates(commands: CommandSpec, source: str) -> None:
+    """Every command template names only known values and parses as shell once filled."""
+    sample = {k: "x" if k != "port" else "8080" for k in _COMMAND_FIELDS}
+    for name in ("start", "run", "ready", "capacity"):
+        template = getattr(commands, name)
+        if not template:
+            continue
+        try:
+            shlex.split(template.format_map(sample))
+        except (KeyError, IndexError) as exc:
+            raise ProfileError(
+                f"profile {source or '?'}: [commands] {name} names an unknown value {exc}; "
+                f"known: {', '.join(_COMMAND_FIELDS)}"
+            ) from None
+        except ValueError as exc:
+            raise ProfileError(
+                f"profile {source or '?'}: [commands] {name} is not valid shell: {exc}"
+            ) from None
 
 
 @cache

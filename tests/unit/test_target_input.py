@@ -46,7 +46,7 @@ def test_base_urls_are_accepted(url: str, parts: tuple[str, str, int]) -> None:
 
 
 def test_exsa_url_from_the_environment_is_named_in_the_message() -> None:
-    with pytest.raises(UsageError, match="^EXSA_URL 'notaurl'"):
+    with pytest.raises(UsageError, match=r"^EXSA_URL 'notaurl'"):
         resolve_target(environ={"EXSA_URL": "notaurl"})
 
 
