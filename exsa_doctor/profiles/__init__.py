@@ -142,6 +142,10 @@ class Profile:
                 f"curl -sN -X POST {url}{self.generation.path} "
                 f"-H 'Content-Type: application/json' -d '{self.generation.body}'"
             )
+            if self.auth_header:
+                out["generate_command_with_key"] = (
+                    out["generate_command"] + f' -H "{self.auth_header} $API_KEY"'
+                )
         return out
 
     def compiled_markers(self) -> dict[str, re.Pattern[str]]:

@@ -77,6 +77,7 @@ def test_the_public_cause_ids_are_all_there() -> None:
         "zero-token-generation",
         "out-of-memory",
         "overloaded",
+        "auth-required",  # issue 9
     }
 
 
