@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -100,6 +101,36 @@ def prominent_causes(diagnosis: Diagnosis) -> tuple[RankedCause, ...]:
         return ()
     lead = next((c for c in diagnosis.causes if c.evidence_for), None)
     return (lead,) if lead is not None else ()
+
+
+def healthy_hints(diagnosis: Diagnosis) -> list[tuple[str, str]]:
+    """After a failure the doctor did not see: how to catch it next time, as (what, command).
+
+    Only for a healthy verdict; the commands name the target's own URL and log.
+    """
+    if diagnosis.verdict.value != "healthy":
+        return []
+    t = diagnosis.target
+    log = f" --log {shlex.quote(t.logs[0])}" if t.logs else ""
+    hints = [
+        (
+            "If a request failed before now, give its time: the engine's own timeline is checked "
+            "against it",
+            f"exsa-doctor diagnose --url {t.url}{log} --failed-at 2025-11-23T23:41:56Z",
+        ),
+        (
+            "Start the engine under exsa-doctor, which waits for readiness and diagnoses a "
+            "failure as it happens",
+            "exsa-doctor run --port auto --report-dir reports --then 'pytest' -- ENGINE ...",
+        ),
+        (
+            "Or in pytest: the exsa_engine fixture attaches a diagnosis to a failed test",
+            "pytest --exsa-engine 'ENGINE ...'",
+        ),
+    ]
+    if diagnosis.failed_at is not None:
+        hints = hints[1:]  # the time was given: what is left is to catch it live next time
+    return hints
 
 
 def inconclusive_reason(diagnosis: Diagnosis) -> str:
