@@ -43,6 +43,8 @@ class HealthSpec:
     model_loaded_key: str = ""
     loading_status: tuple[int, ...] = ()
     loading_body_regex: str = ""
+    # the HTTP `Server` header this engine sends, when it is its own (identifies it remotely)
+    server_header_regex: str = ""
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,7 @@ def profile_from_mapping(raw: Mapping[str, Any], source: str = "") -> Profile:
         cmds = raw.get("commands", {})
         auth = raw.get("auth", {})
         markers = dict(logs.get("markers", {}))
+        re.compile(_str(health, "server_header_regex"))
         for key, rx in markers.items():
             if not isinstance(rx, str):
                 raise ProfileError(f"marker '{key}' must be a string")
@@ -263,6 +266,7 @@ def profile_from_mapping(raw: Mapping[str, Any], source: str = "") -> Profile:
                 model_loaded_key=_str(health, "model_loaded_key"),
                 loading_status=_tuple_of(health, "loading_status", int),
                 loading_body_regex=_str(health, "loading_body_regex"),
+                server_header_regex=_str(health, "server_header_regex"),
             ),
             generation=GenerationSpec(
                 path=_str(gen, "path", "/v1/generate"),

@@ -156,6 +156,7 @@ KIND_LABELS = {
     "error": "fatal error",
     "shutdown": "shutdown",
     "failed-request": "request failed",
+    "port-holder": "port holder started",
     "observation": "probe saw",
     "other": "event",
 }
@@ -188,6 +189,8 @@ def event_kind(event: TimelineEvent) -> str:
     text = event.event.lower()
     if event.source == "client" or "request failed" in text:
         return "failed-request"
+    if event.source == "port":
+        return "port-holder"  # the process that holds the target port (the engine or not)
     for prefix, kind in _PREFIXES:
         if text.startswith(prefix):
             return kind
@@ -256,7 +259,7 @@ class TimelineView:
 def timeline_view(timeline: Sequence[TimelineEvent], failed_at: float | None) -> TimelineView:
     """Pick the start-up run to draw: the last engine start at or before the failed request
     (or the last start at all), through the last event; earlier restarts stay out of the
-    chart so they do not squash it."""
+    chart so they do not squash it. The process holding the port is always shown."""
     events = sorted((e for e in timeline if math.isfinite(e.t)), key=lambda e: e.t)
     if failed_at is not None and math.isfinite(failed_at):
         if not any(event_kind(e) == "failed-request" for e in events):
@@ -275,7 +278,10 @@ def timeline_view(timeline: Sequence[TimelineEvent], failed_at: float | None) ->
     # the same start is often seen twice (process creation time, then the log's first line)
     while first > 0 and events[first - 1].t >= events[first].t - 2.0:
         first -= 1
-    shown = tuple(events[first:])
+    # whoever holds the target port stays in view however early it started: it is often the
+    # reason the run in the window failed (the port probe's events are about that holder)
+    holders = tuple(e for e in events[:first] if event_kind(e) == "port-holder")
+    shown = holders + tuple(events[first:])
 
     def first_of(kinds: set[str]) -> float | None:
         return next((e.t for e in shown if event_kind(e) in kinds), None)
@@ -286,7 +292,7 @@ def timeline_view(timeline: Sequence[TimelineEvent], failed_at: float | None) ->
         events=shown,
         t0=shown[0].t,
         t1=shown[-1].t,
-        earlier=first,
+        earlier=first - len(holders),
         failed_at=failed_at,
         listening_at=first_of({"listening"}),
         loaded_at=loaded,

@@ -55,6 +55,7 @@ _KIND_COLOR = {
     "error": "#a40e26",
     "shutdown": "#57606a",
     "failed-request": "#cf222e",
+    "port-holder": "#bf8700",
     "observation": "#8c959f",
     "other": "#8c959f",
 }

@@ -31,6 +31,7 @@ import errno
 import http.client
 import ipaddress
 import os
+import re
 import resource
 import select
 import socket
@@ -384,8 +385,8 @@ def _host_header(host: str, port: int) -> str:
 
 def get_health(
     target: Target, sock: socket.socket | None, timeout_s: float
-) -> tuple[int, bytes] | str:
-    """One GET of the profile's health path: (status, body) or an error text.
+) -> tuple[int, bytes, str] | str:
+    """One GET of the profile's health path: (status, body, Server header) or an error text.
 
     Plain HTTP reuses `sock` (already connected by `try_connect`); HTTPS opens its own.
     """
@@ -414,7 +415,7 @@ def get_health(
         conn.endheaders()
         resp = conn.getresponse()
         body = resp.read(MAX_BODY_BYTES + 1)
-        return resp.status, body
+        return resp.status, body, resp.getheader("Server") or ""
     except (OSError, http.client.HTTPException) as exc:
         text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         return f"no HTTP answer: {text}"
@@ -657,11 +658,18 @@ class _Waiter:
                     self._add(_watch_pid(lst.pid, profile.name))
                 return
 
-    def _identify_answer(self, status: int, body: bytes) -> bool:
-        """An answer our profile cannot read, but another engine's profile recognises by its
-        own words (a status value or a body pattern, not a bare 200): switch to that engine."""
+    def _identify_answer(self, status: int, body: bytes, server: str) -> bool:
+        """An answer our profile cannot read, but another engine's profile recognises: by the
+        `Server` header it sends, or by its own words (a status value or a body pattern, not a
+        bare 200). Switch to that engine."""
         if not self.auto_profile:
             return False
+        for profile in all_builtin():
+            rx = profile.health.server_header_regex
+            other = profile.name != self.req.target.profile.name
+            if server and rx and other and re.search(rx, server):
+                self._redecide(profile.name, f"detected from its Server header {server!r}")
+                return True
         for profile in all_builtin():
             spec = profile.health
             if profile.name == self.req.target.profile.name:
@@ -813,14 +821,14 @@ class _Waiter:
             res.last_error = got
             self.health = "no HTTP answer"
             return False
-        status, body = got
+        status, body, server = got
         answer = classify_health(self.req.target.profile.health, status, body)
         res.last_answer = answer
         if answer.state is HealthState.READY:
             self.health = "healthy"
             return True
         if answer.state not in (HealthState.LOADING, HealthState.OVERLOADED) and (
-            self._identify_answer(status, body)
+            self._identify_answer(status, body, server)
         ):
             self.health = "engine re-detected"
             return False
