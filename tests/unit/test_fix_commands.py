@@ -3,9 +3,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
 import shlex
+import shutil
+import signal
+import socket
 import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +24,7 @@ from exsa_doctor.model import Finding, Level
 from exsa_doctor.profiles import all_builtin, builtin_names, load_builtin
 from exsa_doctor.runner import target_vars
 from exsa_doctor.scoring import fill
+from exsa_doctor.standin.ggufmake import write_gguf
 from exsa_doctor.target import resolve_target
 
 _FINDING = re.compile(r"\{([a-z_]+(?:\.[a-z_]+)+):([a-z_]+)\}")
@@ -111,3 +122,114 @@ def test_filled_values_keep_their_braces() -> None:
     # a JSON body filled into a command must not lose a brace to template unescaping
     body = '{"a": {"b": 1}}'
     assert fill("curl -d '{target:body}' {{x}}", {}, {"body": body}) == f"curl -d '{body}' {{x}}"
+
+
+# ------------------------------------------------------------ exsa-engine's commands, run as printed
+
+
+def _engine_on_path(tmp_path: Path) -> dict[str, str]:
+    """PATH with an `exsa-engine` that is the stand-in engine (the real one is not here)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    exe = bindir / "exsa-engine"
+    exe.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m exsa_doctor.standin "$@"\n')
+    exe.chmod(0o755)
+    return {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def _start_printed(command: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as fh:
+        return subprocess.Popen(
+            ["bash", "-c", command],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Our own child's process group (bash and the engine it started), by the child's PID."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the readiness check uses curl")
+def test_exsa_engine_start_and_ready_check_run_as_printed(tmp_path: Path) -> None:
+    model = tmp_path / "model.gguf"
+    write_gguf(model)
+    env = _engine_on_path(tmp_path)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    target = resolve_target(
+        url=f"http://127.0.0.1:{port}", model=model, profile="exsa-engine", environ={}
+    )
+    tvars = target_vars(target)
+    engine = _start_printed(tvars["start_command"], env, tmp_path / "engine.log")
+    try:
+        ready = subprocess.run(["bash", "-c", tvars["ready_check"]], timeout=120, check=False)
+        assert ready.returncode == 0, (tmp_path / "engine.log").read_text(errors="replace")
+        assert engine.poll() is None
+    finally:
+        _stop_group(engine)
+
+
+def test_exsa_engine_free_port_start_runs_as_printed(tmp_path: Path) -> None:
+    model = tmp_path / "model.gguf"
+    write_gguf(model)
+    env = _engine_on_path(tmp_path)
+    target = resolve_target(
+        url="http://127.0.0.1:3000", model=model, profile="exsa-engine", environ={}
+    )
+    (cause,) = [c for c in load_causes() if c.id == "port-in-use"]
+    (template,) = [
+        c for step in cause.remediation for c in step.commands if c.startswith("PORT=$(")
+    ]
+    command = fill(template, {}, target_vars(target))
+    assert command is not None
+    log = tmp_path / "engine.log"
+    engine = _start_printed(command, env, log)
+    try:
+        deadline = time.monotonic() + 60
+        while "Server listening on" not in log.read_text(errors="replace"):
+            assert engine.poll() is None, log.read_text(errors="replace")
+            assert time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.1)
+        address = log.read_text(errors="replace").split("Server listening on http://", 1)[1]
+        port = int(address.split()[0].rsplit(":", 1)[1])
+        assert port != 3000
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health", timeout=5) as resp:
+            assert json.loads(resp.read())["status"] == "healthy"
+    finally:
+        _stop_group(engine)
+
+
+def test_exsa_engine_run_command_runs_as_printed(tmp_path: Path) -> None:
+    model = tmp_path / "model.gguf"
+    write_gguf(model)
+    env = _engine_on_path(tmp_path)
+    # `exsa-doctor` itself on PATH, as after `pip install`
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    if shutil.which("exsa-doctor", path=env["PATH"]) is None:
+        pytest.skip("no exsa-doctor script next to this interpreter")
+    target = resolve_target(
+        url="http://127.0.0.1:3000", model=model, profile="exsa-engine", environ={}
+    )
+    command = target_vars(target)["run_command"]
+    done = subprocess.run(
+        ["bash", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**env, "NO_COLOR": "1"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "engine ready at http://127.0.0.1:" in done.stdout
