@@ -655,9 +655,12 @@ def wait(
 ) -> None:
     """Return (exit 0) the moment the engine is ready; if it dies or never gets there, say why."""
     from exsa_doctor import api
+    from exsa_doctor.target import UsageError, check_seconds
 
-    if not 0 < timeout <= 86400:
-        fail_usage("--timeout must be between 0 and 86400 seconds")
+    try:
+        check_seconds("--timeout", timeout, 86400)
+    except UsageError as exc:
+        fail_usage(str(exc))
     target = target_from(
         url=url,
         model=None,

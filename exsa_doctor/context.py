@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from exsa_doctor.oslayer.types import EngineProcess
+from exsa_doctor.oslayer.types import EngineProcess, Listener, ListenerScan
 from exsa_doctor.profiles import Profile, all_builtin
 from exsa_doctor.target import Target
 
@@ -95,17 +95,71 @@ class Context:
         return self.shared("engines", compute)
 
     def target_engines(self) -> list[EngineProcess]:
-        """The engine instances this diagnosis is about: --pid, or those of the target profile."""
+        """The engine instances this diagnosis is about: --pid, else those of the target profile
+        meant for the target port; never a neighbour (`neighbours`)."""
+        return self.shared("target_engines", self._decide_target_engines)
+
+    def neighbours(self) -> list[EngineProcess]:
+        """Other engines on the machine: context, named as such, never the target."""
         engines, _ = self.engines()
-        if self.target.pids:
-            return [e for e in engines if e.pid in self.target.pids]
-        mine = [e for e in engines if e.profile == self.target.profile.name]
+        mine = {e.pid for e in self.target_engines()}
+        return [e for e in engines if e.pid not in mine]
+
+    def _decide_target_engines(self) -> list[EngineProcess]:
+        engines, _ = self.engines()
+        target = self.target
+        if target.pids:
+            return [e for e in engines if e.pid in target.pids]
+        mine = [e for e in engines if e.profile == target.profile.name]
         # Several instances on one machine: the ones configured for the target port are meant;
         # an instance that serves another port is somebody else's (or a wrong-address clue,
         # which the port probe reports on its own).
-        default = self.target.profile.default_port
-        for_port = [e for e in mine if (e.configured_port or default) == self.target.port]
-        return for_port or mine
+        default = target.profile.default_port
+        for_port = [e for e in mine if (e.configured_port or default) == target.port]
+        if for_port:
+            return for_port
+        return [e for e in mine if not self._is_neighbour(e)]
+
+    def _is_neighbour(self, engine: EngineProcess) -> bool:
+        """An instance of the target profile, not set up for the target port, that positively
+        belongs to something else: it writes another log than --log, serves another model than
+        --model, or the target port is held by another process (then the target's engine is the
+        one that could not bind, and this one is a bystander)."""
+        from exsa_doctor.oslayer.files import same_file
+        from exsa_doctor.oslayer.procs import output_file_of
+
+        target = self.target
+        if target.logs:
+            writes_to = output_file_of(engine.pid)
+            if writes_to is not None and not any(same_file(writes_to, p) for p in target.logs):
+                return True
+        if (
+            target.model is not None
+            and target.model_source in ("--model", "MODEL_PATH")
+            and engine.model
+            and not same_file(engine.model, target.model)
+        ):
+            return True
+        held = [
+            ls.pid
+            for ls in self._port_listeners()
+            if ls.state == "LISTEN" and ls.pid is not None and ls.pid != engine.pid
+        ]
+        return bool(held)
+
+    def _port_listeners(self) -> tuple[Listener, ...]:
+        from exsa_doctor.oslayer.sockets import listeners_of
+
+        port = self.target.port
+        limit = self.deadline - 0.2
+
+        def scan() -> ListenerScan:
+            return listeners_of(port, limit)
+
+        try:
+            return self.shared(f"listeners:{port}", scan).listeners
+        except (OSError, ValueError):
+            return ()
 
 
 def _kill_child(proc: subprocess.Popen[bytes]) -> bool:

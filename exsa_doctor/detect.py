@@ -163,11 +163,9 @@ def refine_target(target: Target, *, auto_profile: bool) -> Target:
             if from_log is not None:
                 refined = replace(refined, profile=from_log[0], profile_reason=from_log[1])
     if refined.model is None:
-        candidates = [chosen[0]] if chosen is not None and chosen[0].model else []
-        same_profile = [e for e in engines if e.model and e.profile == refined.profile.name]
-        # with no engine for this port, borrow a model only when there is no doubt whose it is:
-        # one engine of the profile on the whole machine (another user's engine is not ours)
-        with_model = candidates or (same_profile if len(same_profile) == 1 else [])
+        # only the engine chosen for this port lends its model: another engine on the machine,
+        # even the only other one of this profile, is a neighbour, not the target
+        with_model = [chosen[0]] if chosen is not None and chosen[0].model else []
         if with_model:
             newest = max(with_model, key=lambda e: e.info.create_time or 0.0)
             assert newest.model is not None

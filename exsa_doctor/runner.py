@@ -64,13 +64,14 @@ def target_vars(target: Target) -> Mapping[str, str]:
         "model_or_placeholder": model or "/path/to/model.gguf",
         "health_url": target.endpoint(profile.health.path),
         "log_or_placeholder": str(target.logs[0]) if target.logs else "ENGINE.log",
-        "version_command": profile.commands.get("version", f"{exe} --version"),
-        "help_command": profile.commands.get("help", f"{exe} --help"),
-        "cpu_only_command": profile.commands.get("cpu_only", ""),
+        "version_command": f"{exe} --version",
+        "help_command": f"{exe} --help",
         "engine_path_or_placeholder": f"$(command -v {exe})",
         "user_phrase": "the engine's user",
         "user_phrase_cap": "The engine's user",
     }
+    # the engine's own commands (start, run, readiness check, version, help) from its profile
+    fixed.update(profile.command_vars({**fixed, "model": fixed["model_or_placeholder"]}))
     return _LazyVars(fixed, {"cpu_flags_phrase": _cpu_flags_phrase})
 
 

@@ -66,10 +66,18 @@ def fill(template: str, by_id: Mapping[str, Finding], target: Mapping[str, str])
             return ""
         return _format_value(value)
 
-    text = _PLACEHOLDER.sub(replace, template)
+    # `{{`/`}}` are escapes in the template only: a filled value (a JSON body in a profile's
+    # command) keeps its braces as they are
+    pieces: list[str] = []
+    last = 0
+    for match in _PLACEHOLDER.finditer(template):
+        pieces.append(template[last : match.start()].replace("{{", "{").replace("}}", "}"))
+        pieces.append(replace(match))
+        last = match.end()
+    pieces.append(template[last:].replace("{{", "{").replace("}}", "}"))
     if missing:
         return None
-    return text.replace("{{", "{").replace("}}", "}")
+    return "".join(pieces)
 
 
 def when_holds(when: str, by_id: Mapping[str, Finding]) -> bool:

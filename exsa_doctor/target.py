@@ -108,27 +108,62 @@ def parse_time(text: str) -> float:
     return stamp
 
 
-def split_url(url: str) -> tuple[str, str, int]:
-    """Scheme, host and port of a base URL; the port defaults by scheme."""
+_URL_EXAMPLE = "http://127.0.0.1:8080"
+
+
+def parse_url(url: str, option: str = "--url") -> tuple[str, str, int]:
+    """Scheme, host and port of an engine's base URL; anything else is a `UsageError`.
+
+    A base URL is `http://HOST[:PORT]` or `https://HOST[:PORT]` (the port defaults by scheme).
+    No scheme (`notaurl`, `127.0.0.1:3000`), no host, or a path, query or fragment
+    (`http://h:8080/health`) is refused with a message that shows what is expected, instead of
+    probing something the user did not mean.
+    """
     candidate = url.strip()
+    expected = f"give the engine's base URL, e.g. {_URL_EXAMPLE}"
+    if not candidate:
+        raise UsageError(f"{option} is empty: {expected}")
     if "://" not in candidate:
-        candidate = "http://" + candidate
+        raise UsageError(
+            f"{option} {url!r} has no scheme: {expected} (http:// or https://, a host, a port)"
+        )
     try:
         parts = urlsplit(candidate)
         port = parts.port
     except ValueError as exc:
         if "port" in str(exc).lower():
-            raise UsageError(f"--url {url!r}: the port must be a number 1-65535") from None
-        raise UsageError(f"--url {url!r} is not a valid URL: {exc}") from None
+            raise UsageError(f"{option} {url!r}: the port must be a number 1-65535") from None
+        raise UsageError(f"{option} {url!r} is not a valid URL ({exc}): {expected}") from None
     if parts.scheme not in ("http", "https"):
-        raise UsageError(f"--url {url!r}: only http:// and https:// are supported")
+        raise UsageError(f"{option} {url!r}: only http:// and https:// are supported; {expected}")
     if not parts.hostname:
-        raise UsageError(f"--url {url!r} has no host")
+        raise UsageError(f"{option} {url!r} has no host: {expected}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        base = f"{parts.scheme}://{parts.netloc}"
+        raise UsageError(
+            f"{option} {url!r} has a path ({parts.path or '?' + parts.query}): give only the "
+            f"base URL, e.g. {base}; the engine's profile knows its routes"
+        )
     if port is None:
         port = 443 if parts.scheme == "https" else 80
     if not 0 < port < 65536:
-        raise UsageError(f"--url {url!r}: port must be 1-65535")
+        raise UsageError(f"{option} {url!r}: the port must be a number 1-65535")
     return parts.scheme, parts.hostname, port
+
+
+def split_url(url: str) -> tuple[str, str, int]:
+    """Scheme, host and port of a base URL (`parse_url`, for callers that name no option)."""
+    return parse_url(url)
+
+
+def check_seconds(option: str, value: float, high: float, *, zero_ok: bool = False) -> None:
+    """A duration option in range, or a `UsageError` that says which range is allowed."""
+    low_ok = value >= 0 if zero_ok else value > 0
+    if not (low_ok and value <= high):  # also refuses NaN
+        low = "0 or more" if zero_ok else "more than 0"
+        raise UsageError(
+            f"{option} {value:g}: give a number of seconds, {low} and at most {high:g}"
+        )
 
 
 def choose_profile(name: str | None, profile_file: Path | None) -> tuple[Profile, str]:
@@ -161,23 +196,24 @@ def resolve_target(
 ) -> Target:
     """Options plus environment -> `Target`. Does no probing beyond reading the environment."""
     env = os.environ if environ is None else environ
-    if timeout_s <= 0 or timeout_s > 3600:
-        raise UsageError("--timeout must be between 0 and 3600 seconds")
-    if watch_s < 0 or watch_s > 3600:
-        raise UsageError("--watch must be between 0 and 3600 seconds")
+    check_seconds("--timeout", timeout_s, 3600)
+    check_seconds("--watch", watch_s, 3600, zero_ok=True)
     for pid in pids:
         if pid <= 0:
             raise UsageError(f"--pid {pid}: a PID is a positive number")
     chosen, reason = choose_profile(profile, profile_file)
     url_explicit = url is not None or "EXSA_URL" in env
-    if url is None:
-        url = env.get("EXSA_URL")
+    url_option = "--url"
+    if url is None and env.get("EXSA_URL") is not None:
+        url, url_option = env["EXSA_URL"], "EXSA_URL"
     port_explicit = port is not None or url is not None or "PORT" in env
     if url is None:
         env_port = env.get(chosen.port_env or "PORT") or env.get("PORT")
         chosen_port = port or _int_or_none(env_port) or chosen.default_port
-        url = f"http://{host or '127.0.0.1'}:{chosen_port}"
-    scheme, url_host, url_port = split_url(url)
+        shown = host or "127.0.0.1"
+        shown = f"[{shown}]" if ":" in shown and not shown.startswith("[") else shown
+        url = f"http://{shown}:{chosen_port}"
+    scheme, url_host, url_port = parse_url(url, url_option)
     if port is not None:
         if not 0 < port < 65536:
             raise UsageError("--port must be 1-65535")

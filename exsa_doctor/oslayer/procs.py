@@ -217,3 +217,20 @@ def describe(pid: int) -> ProcessInfo | None:
         return process_info(psutil.Process(pid))
     except psutil.NoSuchProcess:
         return None
+
+
+def output_file_of(pid: int) -> str | None:
+    """The regular file a process writes its stdout (else stderr) to, if any (Linux /proc).
+
+    Tells whose log a log file is: a process whose output goes elsewhere did not write it.
+    """
+    for fd in (1, 2):
+        try:
+            path = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if path.startswith("/") and not path.startswith(("/dev/", "/proc/")):
+            with contextlib.suppress(OSError):
+                if os.path.isfile(path):
+                    return path
+    return None

@@ -73,6 +73,8 @@ def _error_of(body: bytes) -> str:
 
 def _error_outcome(status: int | None, error: str) -> str:
     low = error.lower()
+    if status in (401, 403):
+        return "auth_required"  # the engine wants a key (llama-server/vLLM --api-key)
     if "no model" in low:
         return "no_model"
     if (status == 503 or status is None or status < 300) and "capacity" in low:
@@ -211,7 +213,7 @@ class GenerationProbe(Probe):
     """Sends one tiny generation request and counts the tokens that come back.
 
     Emits generation.ok, generation.zero_tokens, generation.capacity, generation.no_model,
-    generation.http_error and generation.stalled.
+    generation.http_error, generation.stalled and generation.auth_required (401/403).
     """
 
     name = "generation"
@@ -224,6 +226,7 @@ class GenerationProbe(Probe):
         "generation.no_model",
         "generation.http_error",
         "generation.stalled",
+        "generation.auth_required",
     )
 
     def __init__(self) -> None:
@@ -329,6 +332,17 @@ class GenerationProbe(Probe):
                         "status_code": r.status_code,
                         "allowed_s": round(budget, 2),
                     },
+                )
+            )
+        elif r.outcome == "auth_required":
+            out.detail = f"{where}: HTTP {r.status_code}, a key is required"
+            out.add(
+                self.finding(
+                    "generation.auth_required",
+                    Level.ERROR,
+                    f"the engine refused the request without a key (HTTP {r.status_code}): "
+                    f"{r.error}",
+                    {"status_code": r.status_code, "error": r.error, "url": r.url},
                 )
             )
         else:

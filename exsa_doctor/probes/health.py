@@ -409,7 +409,8 @@ class HealthProbe(Probe):
     """Asks the health endpoint once: refused, timed out, reset, not HTTP, or the engine's words.
 
     Emits health.ok, health.refused, health.timeout, health.reset, health.loading,
-    health.overloaded, health.model_not_loaded, health.http_error and health.bad_body.
+    health.overloaded, health.model_not_loaded, health.http_error, health.bad_body and
+    health.auth_required (401/403: the engine wants a key).
     """
 
     name = "health"
@@ -425,6 +426,7 @@ class HealthProbe(Probe):
         "health.model_not_loaded",
         "health.http_error",
         "health.bad_body",
+        "health.auth_required",
     )
 
     def run(self, ctx: Context) -> ProbeOutput:
@@ -553,6 +555,15 @@ class HealthProbe(Probe):
                     Level.ERROR,
                     "the engine answers but has no model loaded",
                     {"status_code": code},
+                )
+            )
+        elif state is HealthState.HTTP_ERROR and code in (401, 403):
+            out.add(
+                self.finding(
+                    "health.auth_required",
+                    Level.ERROR,
+                    f"the health endpoint wants a key the request did not send ({answer.reason})",
+                    {"status_code": code, "reason": answer.reason, "url": obs.url},
                 )
             )
         elif state is HealthState.HTTP_ERROR:

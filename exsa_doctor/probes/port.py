@@ -10,8 +10,11 @@ resolving to the family the engine does not listen on.
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 import ipaddress
+import os
+import shlex
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +25,7 @@ import psutil
 from exsa_doctor.context import Context
 from exsa_doctor.model import Level
 from exsa_doctor.oslayer.files import same_file
-from exsa_doctor.oslayer.procs import engine_from, identify
+from exsa_doctor.oslayer.procs import engine_from, identify, output_file_of
 from exsa_doctor.oslayer.sockets import listeners_of, listening_ports_of, resolve_localhost
 from exsa_doctor.oslayer.types import EngineProcess, Listener, ListenerScan
 from exsa_doctor.probes.base import Probe, ProbeOutput
@@ -133,6 +136,44 @@ def owner_of(pid: int) -> Owner:
         started=values["create_time"],
         alive=True,
     )
+
+
+def _when(stamp: float | None) -> str | None:
+    if stamp is None:
+        return None
+    return dt.datetime.fromtimestamp(stamp).astimezone().isoformat(timespec="seconds")
+
+
+def holder_facts(owner: Owner, engine: EngineProcess | None, port: int) -> dict[str, Any]:
+    """Who holds a port, for a person and for a fix: PID, user, command, when it started, and
+    whether `exsa-doctor cleanup` may stop it (an engine instance of the current user only)."""
+    ours = owner.user is not None and owner.user == _user_of(os.getuid())
+    may_stop = engine is not None and ours
+    if engine is None:
+        why_not = "it is not an engine instance; exsa-doctor cleanup never stops other programs"
+    elif not ours:
+        why_not = f"it belongs to {owner.user or 'another user'}; cleanup stops only your own"
+    else:
+        why_not = ""
+    started = _when(owner.started)
+    command = shlex.join(owner.cmdline) if owner.cmdline else (owner.name or "?")
+    holder = (
+        f"PID {owner.pid} of user {owner.user or '(hidden)'}, "
+        f"started {started or '(time hidden)'}: {command}"
+    )
+    return {
+        "holder": holder,
+        "pid": owner.pid,
+        "user": owner.user,
+        "command": shlex.join(owner.cmdline) if owner.cmdline else (owner.name or "?"),
+        "started_at": _when(owner.started),
+        "cleanup_may_stop": may_stop,
+        "cleanup": "exsa-doctor cleanup may stop it"
+        if may_stop
+        else f"cleanup will not ({why_not})",
+        # only where cleanup would act: a fix never offers a command that refuses
+        "cleanup_command": f"exsa-doctor cleanup --port {port}" if may_stop else None,
+    }
 
 
 def _resolved(ctx: Context) -> list[str]:
@@ -391,10 +432,9 @@ class PortProbe(Probe):
                     f"port {port} is held by PID {ls.pid} ({owner.name or '?'}), which is not an "
                     "engine",
                     {
-                        "pid": ls.pid,
+                        **holder_facts(owner, None, port),
                         "name": owner.name,
                         "cmdline": owner.cmdline,
-                        "user": owner.user,
                         "address": address,
                     },
                 )
@@ -417,8 +457,9 @@ class PortProbe(Probe):
                     f"port {port} is held by a stale {engine.profile} instance, "
                     f"PID {ls.pid}: {why}",
                     {
-                        "pid": ls.pid,
+                        **holder_facts(owner, engine, port),
                         "name": owner.name,
+                        "profile": engine.profile,
                         "why": why,
                         "started": engine.info.create_time,
                         "address": address,
@@ -433,8 +474,16 @@ class PortProbe(Probe):
                 return None  # the instance the user named is, by definition, the one they mean
             named = ", ".join(str(p) for p in target.pids)
             return f"it is not the instance you named (--pid {named})"
-        if engine.info.orphaned:
-            return f"orphaned: its parent exited (now PID {engine.info.ppid})"
+        # Orphaned alone is not stale: a server a script started with `&` is re-parented when
+        # the script exits and may be exactly the engine the user means. Stale means another
+        # engine than the target's, holding what the target needs (here: its port).
+        if (
+            target.model is not None
+            and engine.model
+            and target.model_source != f"engine PID {engine.pid}"
+            and not same_file(engine.model, target.model)
+        ):
+            return f"it serves another model ({engine.model}), not {target.model}"
         created = engine.info.create_time
         if created is None:
             return None
@@ -459,6 +508,18 @@ class PortProbe(Probe):
         if log_start is not None and created < log_start - _LOG_START_TOLERANCE_S:
             age = log_start - created
             return f"started {age:.0f} s before the latest start in the log"
+        writes_to = output_file_of(engine.pid)
+        if (
+            log_start is not None
+            and created < log_start
+            and writes_to is not None
+            and target.logs
+            and not any(same_file(writes_to, log) for log in target.logs)
+        ):
+            return (
+                f"it writes to {writes_to}, not to the log you gave, and was started before "
+                "that log's latest start"
+            )
         return None
 
     def _localhost(

@@ -193,9 +193,8 @@ class ProcessesProbe(Probe):
                 )
             )
 
-        orphans = [
-            e for e in {x.pid: x for x in [*live_meant, *live_profile]}.values() if e.info.orphaned
-        ]
+        # only the target's own instances: an orphaned neighbour says nothing about the target
+        orphans = [e for e in live_meant if e.info.orphaned]
         if orphans:
             listed = ", ".join(f"PID {e.pid} (now child of {e.info.ppid})" for e in orphans)
             out.add(

@@ -169,6 +169,8 @@ class HealthSpec:
     model_loaded_key: str = ""
     loading_status: tuple[int, ...] = ()
     loading_body_regex: str = ""
+    # the HTTP `Server` header this engine sends, when it is its own (identifies it remotely)
+    server_header_regex: str = ""
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,54 @@ class GenerationSpec:
     path: str
     kind: str
     body: str
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """Shell commands a fix may show for this engine, as templates.
+
+    `start`: start it by hand on `{host}:{port}` with `{model}`; `run`: the same under
+    `exsa-doctor run` (which picks the port); `ready`: a readiness check that ends, ready or not,
+    by this engine's meaning of ready; `capacity`: start it with more room for requests.
+    `{model}` is shell-quoted when filled; the others are validated URL parts.
+    """
+
+    start: str = ""
+    run: str = ""
+    ready: str = ""
+    capacity: str = ""
+    # how to ask the engine its version and usage, and start it on the CPU only (the fixes of
+    # unsupported-architecture, bad-cli-argument and gpu-runtime-error)
+    version: str = ""
+    help: str = ""
+    cpu_only: str = ""
+
+    def filled(self, values: Mapping[str, str]) -> dict[str, str]:
+        """`start_command`, `start_command_port_var` (port `$PORT`), `run_command`,
+        `ready_check`, `capacity_command` for `{target:...}` placeholders; a template that names
+        an unknown value is left out, never shown half-filled."""
+        quoted = {k: (shlex.quote(v) if k == "model" else v) for k, v in values.items() if v}
+        out: dict[str, str] = {}
+        for key, template, overrides in (
+            ("start_command", self.start, {}),
+            ("start_command_port_var", self.start, {"port": '"$PORT"'}),
+            ("run_command", self.run, {}),
+            ("ready_check", self.ready, {}),
+            ("capacity_command", self.capacity, {}),
+            ("version_command", self.version, {}),
+            ("help_command", self.help, {}),
+            ("cpu_only_command", self.cpu_only, {}),
+        ):
+            if not template:
+                continue
+            try:
+                out[key] = template.format_map({**quoted, **overrides})
+            except (KeyError, ValueError, IndexError):
+                continue
+        return out
+
+
+_COMMAND_FIELDS = ("model", "host", "port", "url", "health_url")
 
 
 @dataclass(frozen=True)
@@ -201,8 +251,38 @@ class Profile:
     timestamp_format: str
     markers: Mapping[str, str] = field(default_factory=dict)
     source: str = ""
-    # shell commands that fixes quote for this engine (`[commands]`: version, help, cpu_only, ...)
-    commands: Mapping[str, str] = field(default_factory=dict)
+    commands: CommandSpec = field(default_factory=CommandSpec)
+    # how a client proves it may ask, when the engine demands a key (auth-required's fix)
+    auth_args: tuple[str, ...] = ()
+    auth_env: str = ""
+    auth_header: str = ""
+
+    def command_vars(self, values: Mapping[str, str]) -> dict[str, str]:
+        """Values for `{target:...}` placeholders that come from this profile: its filled
+        commands, how its model is set (`model_setting`), how a client sends a key (`auth_*`)."""
+        out = self.commands.filled(values)
+        if self.model_args:
+            out["model_setting"] = f"{self.model_args[0]} MODEL"
+        elif self.model_env:
+            out["model_setting"] = f"{self.model_env}=MODEL"
+        ways = [f"{a} KEY" for a in self.auth_args[:1]]
+        if self.auth_env:
+            ways.append(self.auth_env)
+        if ways:
+            out["auth_setting"] = " or ".join(ways)
+        if self.auth_header:
+            out["auth_header"] = self.auth_header
+        url = values.get("url")
+        if url and "'" not in self.generation.body:
+            out["generate_command"] = (
+                f"curl -sN -X POST {url}{self.generation.path} "
+                f"-H 'Content-Type: application/json' -d '{self.generation.body}'"
+            )
+            if self.auth_header:
+                out["generate_command_with_key"] = (
+                    out["generate_command"] + f' -H "{self.auth_header} $API_KEY"'
+                )
+        return out
 
     def compiled_markers(self) -> dict[str, re.Pattern[str]]:
         return _compile_markers(tuple(sorted(self.markers.items())))
@@ -290,7 +370,10 @@ def profile_from_mapping(raw: Mapping[str, Any], source: str = "") -> Profile:
         health = raw.get("health", {})
         gen = raw.get("generation", {})
         logs = raw.get("logs", {})
+        cmds = raw.get("commands", {})
+        auth = raw.get("auth", {})
         markers = dict(logs.get("markers", {}))
+        re.compile(_str(health, "server_header_regex"))
         for key, rx in markers.items():
             if not isinstance(rx, str):
                 raise ProfileError(f"marker '{key}' must be a string")
@@ -322,6 +405,7 @@ def profile_from_mapping(raw: Mapping[str, Any], source: str = "") -> Profile:
                 model_loaded_key=_str(health, "model_loaded_key"),
                 loading_status=_tuple_of(health, "loading_status", int),
                 loading_body_regex=_str(health, "loading_body_regex"),
+                server_header_regex=_str(health, "server_header_regex"),
             ),
             generation=GenerationSpec(
                 path=_str(gen, "path", "/v1/generate"),
@@ -331,8 +415,20 @@ def profile_from_mapping(raw: Mapping[str, Any], source: str = "") -> Profile:
             timestamp_format=_str(logs, "timestamp", "iso8601"),
             markers=markers,
             source=source,
-            commands={str(k): str(v) for k, v in dict(raw.get("commands", {})).items()},
+            commands=CommandSpec(
+                start=_str(cmds, "start"),
+                run=_str(cmds, "run"),
+                ready=_str(cmds, "ready"),
+                capacity=_str(cmds, "capacity"),
+                version=_str(cmds, "version"),
+                help=_str(cmds, "help"),
+                cpu_only=_str(cmds, "cpu_only"),
+            ),
+            auth_args=_tuple_of(auth, "args", str),
+            auth_env=_str(auth, "env"),
+            auth_header=_str(auth, "header"),
         )
+        _check_command_templates(profile.commands, source)
     except re.error as exc:
         raise ProfileError(f"bad regex in profile {source or '?'}: {exc}") from exc
     except AttributeError as exc:
@@ -343,6 +439,26 @@ def profile_from_mapping(raw: Mapping[str, Any], source: str = "") -> Profile:
         except re.error as exc:
             raise ProfileError(f"bad cmdline regex {rx!r}: {exc}") from exc
     return profile
+
+
+def _check_command_templates(commands: CommandSpec, source: str) -> None:
+    """Every command template names only known values and parses as shell once filled."""
+    sample = {k: "x" if k != "port" else "8080" for k in _COMMAND_FIELDS}
+    for name in ("start", "run", "ready", "capacity", "version", "help", "cpu_only"):
+        template = getattr(commands, name)
+        if not template:
+            continue
+        try:
+            shlex.split(template.format_map(sample))
+        except (KeyError, IndexError) as exc:
+            raise ProfileError(
+                f"profile {source or '?'}: [commands] {name} names an unknown value {exc}; "
+                f"known: {', '.join(_COMMAND_FIELDS)}"
+            ) from None
+        except ValueError as exc:
+            raise ProfileError(
+                f"profile {source or '?'}: [commands] {name} is not valid shell: {exc}"
+            ) from None
 
 
 @cache

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -102,6 +103,36 @@ def prominent_causes(diagnosis: Diagnosis) -> tuple[RankedCause, ...]:
     return (lead,) if lead is not None else ()
 
 
+def healthy_hints(diagnosis: Diagnosis) -> list[tuple[str, str]]:
+    """After a failure the doctor did not see: how to catch it next time, as (what, command).
+
+    Only for a healthy verdict; the commands name the target's own URL and log.
+    """
+    if diagnosis.verdict.value != "healthy":
+        return []
+    t = diagnosis.target
+    log = f" --log {shlex.quote(t.logs[0])}" if t.logs else ""
+    hints = [
+        (
+            "If a request failed before now, give its time: the engine's own timeline is checked "
+            "against it",
+            f"exsa-doctor diagnose --url {t.url}{log} --failed-at 2025-11-23T23:41:56Z",
+        ),
+        (
+            "Start the engine under exsa-doctor, which waits for readiness and diagnoses a "
+            "failure as it happens",
+            "exsa-doctor run --port auto --report-dir reports --then 'pytest' -- ENGINE ...",
+        ),
+        (
+            "Or in pytest: the exsa_engine fixture attaches a diagnosis to a failed test",
+            "pytest --exsa-engine 'ENGINE ...'",
+        ),
+    ]
+    if diagnosis.failed_at is not None:
+        hints = hints[1:]  # the time was given: what is left is to catch it live next time
+    return hints
+
+
 def inconclusive_reason(diagnosis: Diagnosis) -> str:
     """Why an inconclusive diagnosis is inconclusive, in one sentence."""
     if prominent_causes(diagnosis):
@@ -125,6 +156,7 @@ KIND_LABELS = {
     "error": "fatal error",
     "shutdown": "shutdown",
     "failed-request": "request failed",
+    "port-holder": "port holder started",
     "observation": "probe saw",
     "other": "event",
 }
@@ -157,6 +189,8 @@ def event_kind(event: TimelineEvent) -> str:
     text = event.event.lower()
     if event.source == "client" or "request failed" in text:
         return "failed-request"
+    if event.source == "port":
+        return "port-holder"  # the process that holds the target port (the engine or not)
     for prefix, kind in _PREFIXES:
         if text.startswith(prefix):
             return kind
@@ -225,7 +259,7 @@ class TimelineView:
 def timeline_view(timeline: Sequence[TimelineEvent], failed_at: float | None) -> TimelineView:
     """Pick the start-up run to draw: the last engine start at or before the failed request
     (or the last start at all), through the last event; earlier restarts stay out of the
-    chart so they do not squash it."""
+    chart so they do not squash it. The process holding the port is always shown."""
     events = sorted((e for e in timeline if math.isfinite(e.t)), key=lambda e: e.t)
     if failed_at is not None and math.isfinite(failed_at):
         if not any(event_kind(e) == "failed-request" for e in events):
@@ -244,7 +278,10 @@ def timeline_view(timeline: Sequence[TimelineEvent], failed_at: float | None) ->
     # the same start is often seen twice (process creation time, then the log's first line)
     while first > 0 and events[first - 1].t >= events[first].t - 2.0:
         first -= 1
-    shown = tuple(events[first:])
+    # whoever holds the target port stays in view however early it started: it is often the
+    # reason the run in the window failed (the port probe's events are about that holder)
+    holders = tuple(e for e in events[:first] if event_kind(e) == "port-holder")
+    shown = holders + tuple(events[first:])
 
     def first_of(kinds: set[str]) -> float | None:
         return next((e.t for e in shown if event_kind(e) in kinds), None)
@@ -255,7 +292,7 @@ def timeline_view(timeline: Sequence[TimelineEvent], failed_at: float | None) ->
         events=shown,
         t0=shown[0].t,
         t1=shown[-1].t,
-        earlier=first,
+        earlier=first - len(holders),
         failed_at=failed_at,
         listening_at=first_of({"listening"}),
         loaded_at=loaded,

@@ -25,6 +25,7 @@ from exsa_doctor.render.common import (
     KIND_LABELS,
     TimelineView,
     event_kind,
+    healthy_hints,
     inconclusive_reason,
     iso_utc,
     percent,
@@ -54,6 +55,7 @@ _KIND_COLOR = {
     "error": "#a40e26",
     "shutdown": "#57606a",
     "failed-request": "#cf222e",
+    "port-holder": "#bf8700",
     "observation": "#8c959f",
     "other": "#8c959f",
 }
@@ -173,7 +175,20 @@ def _verdict(d: Diagnosis) -> str:
         f'<div class="badge">{v.upper()}</div>'
         f'<div class="target">{esc(t.url, 500)}</div>'
         f'<div class="headline">{headline}</div>'
-        f'<div class="facts">{" · ".join(facts)}</div></header>'
+        f'<div class="facts">{" · ".join(facts)}</div>{_hints(d)}</header>'
+    )
+
+
+def _hints(d: Diagnosis) -> str:
+    hints = healthy_hints(d)
+    if not hints:
+        return ""
+    rows = "".join(
+        f"<li>{esc(what)}: <code>{esc(command, 500)}</code></li>" for what, command in hints
+    )
+    return (
+        '<div class="hints" id="healthy-hints"><strong>Healthy now. To catch a failure the '
+        f"doctor did not see:</strong><ul>{rows}</ul></div>"
     )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from exsa_doctor.model import Diagnosis, ProbeStatus, RankedCause, Verdict
 from exsa_doctor.render.common import (
     event_kind,
+    healthy_hints,
     inconclusive_reason,
     iso_utc,
     percent,
@@ -116,6 +117,11 @@ def render(diagnosis: Diagnosis) -> str:
         facts.append("pid " + ", ".join(str(p) for p in d.target.pids))
     facts.append(f"checked {iso_utc(d.started_at) or '?'} in {seconds(d.duration_s)}")
     lines += [" · ".join(facts), ""]
+    hints = healthy_hints(d)
+    if hints:
+        lines += ["**Healthy now. To catch a failure the doctor did not see:**", ""]
+        lines += [f"- {text(what)}: {code(command)}" for what, command in hints]
+        lines.append("")
 
     if d.causes:
         lines += ["| # | cause | probability | impact | evidence |", "|---:|---|---:|---|---|"]

@@ -35,6 +35,7 @@ from exsa_doctor.model import (
 )
 from exsa_doctor.render.common import (
     event_kind,
+    healthy_hints,
     inconclusive_reason,
     iso_utc,
     percent,
@@ -199,6 +200,13 @@ def _header(console: Console, d: Diagnosis) -> None:
     when = printable(_iso_short(d.started_at))
     facts.append(f"checked {when} in {seconds(d.duration_s)}")
     _indented(console, Text(" · ".join(facts), style="dim"), 2)
+    hints = healthy_hints(d)
+    if hints:
+        console.print()
+        console.print(Text("Healthy now. To catch a failure the doctor did not see", style="bold"))
+        for what, command in hints:
+            _indented(console, Text(_s(what)), 2)
+            _indented(console, Text(_s(command), style="cyan"), 6)
 
 
 def _iso_short(t: float) -> str:

@@ -232,7 +232,12 @@ def port_owners(port: int, host: str | None = None) -> tuple[list[int], list[str
 def engine_conflicts(
     port: int, model: str | None, engines: Sequence[EngineProcess]
 ) -> list[Problem]:
-    """Other live engine instances meant for this port, listening on it, or holding the model."""
+    """Other live engine instances meant for this port or listening on it; and locks on the model.
+
+    Another server mapping the same model read-only is normal (the kernel shares the pages) and
+    no refusal: `model_warnings` says so, louder when memory is tight. What stops a start is a
+    lock on the model (a writer's flock/fcntl lock): the engine would wait for it.
+    """
     from exsa_doctor.oslayer.sockets import listening_ports_of
 
     live = [e for e in engines if e.info.state not in ("zombie", "dead")]
@@ -256,30 +261,59 @@ def engine_conflicts(
                     (eng.pid,),
                 )
             )
-        elif model and eng.model and same_file(eng.model, model):
-            problems.append(
-                Problem(
-                    "engine",
-                    f"engine instance PID {eng.pid} ({cmd}) already has the model {model}",
-                    (eng.pid,),
-                )
-            )
-    if model and live:
-        from exsa_doctor.oslayer.files import holders_of
-
-        holders = holders_of(model, time.monotonic() + _SCAN_BUDGET_S, pids=[e.pid for e in live])
-        named = {p for prob in problems for p in prob.pids}
-        for pid in sorted(set(holders.mapped_by) | set(holders.open_by)):
-            if pid not in named:
-                problems.append(
-                    Problem(
-                        "engine",
-                        f"engine instance {_describe_pid(pid)} has the model {model} "
-                        "open or mapped",
-                        (pid,),
-                    )
-                )
+    if model:
+        problems.extend(model_lock_problems(model))
     return problems
+
+
+def model_lock_problems(model: str) -> list[Problem]:
+    """Locks held on the model file (the system-wide lock table, one cheap read)."""
+    from exsa_doctor.oslayer.files import holders_of
+
+    if not os.path.exists(model):
+        return []
+    holders = holders_of(model, time.monotonic() + _SCAN_BUDGET_S, pids=[])
+    problems: list[Problem] = []
+    for lock in holders.locks:
+        if lock.blocked or lock.pid is None or lock.pid <= 0 or lock.pid == os.getpid():
+            continue
+        problems.append(
+            Problem(
+                "model",
+                f"{_describe_pid(lock.pid)} holds a {lock.kind} {lock.mode} lock on the model "
+                f"{model}: the engine would wait for it",
+                (lock.pid,),
+            )
+        )
+    return problems
+
+
+def model_warnings(model: str | None, engines: Sequence[EngineProcess]) -> list[str]:
+    """Other engines on the same model: context, not a refusal (louder when memory is tight)."""
+    if not model:
+        return []
+    sharing = [
+        e
+        for e in engines
+        if e.info.state not in ("zombie", "dead") and e.model and same_file(e.model, model)
+    ]
+    if not sharing:
+        return []
+    names = ", ".join(f"PID {e.pid} ({e.profile})" for e in sharing)
+    line = f"the model {model} is also used by {names}; sharing it read-only is fine"
+    try:
+        import psutil
+
+        size = os.path.getsize(model)
+        available = int(psutil.virtual_memory().available)
+    except (OSError, psutil.Error):
+        return [line]
+    if available < size:
+        line += (
+            f", but available memory ({available // 2**20} MiB) is less than the model "
+            f"({size // 2**20} MiB): the two servers may evict each other's pages"
+        )
+    return [line]
 
 
 def model_problem(model: str) -> Problem | None:
@@ -334,6 +368,8 @@ def preflight(port: int, host: str, model: str | None) -> list[Problem]:
     for prob in engine_conflicts(port, model, engines):
         if not set(prob.pids) & named or prob.kind != "engine":
             problems.append(prob)
+    for line in model_warnings(model, engines):
+        say(f"note: {line}")
     if model:
         bad = model_problem(model)
         if bad is not None:
@@ -789,8 +825,12 @@ def check_options(opts: RunOptions) -> None:
     """RunUsageError for options that cannot work."""
     if not opts.argv:
         raise RunUsageError("give the engine command after --, e.g. run -- exsa-engine")
-    if opts.ready_timeout_s <= 0 or opts.ready_timeout_s > 86400:
-        raise RunUsageError("--ready-timeout must be between 0 and 86400 seconds")
+    from exsa_doctor.target import UsageError, check_seconds
+
+    try:
+        check_seconds("--ready-timeout", opts.ready_timeout_s, 86400)
+    except UsageError as exc:
+        raise RunUsageError(str(exc)) from None
     if opts.port is not None and not 0 < opts.port < 65536:
         raise RunUsageError("--port must be 1-65535 or auto")
     if opts.report_dir is not None and opts.report_dir.exists() and not opts.report_dir.is_dir():

@@ -31,6 +31,7 @@ import errno
 import http.client
 import ipaddress
 import os
+import re
 import resource
 import select
 import socket
@@ -46,7 +47,7 @@ import psutil
 
 from exsa_doctor.model import Diagnosis, Finding, Level
 from exsa_doctor.parsers.health import MAX_BODY_BYTES, HealthAnswer, HealthState, classify_health
-from exsa_doctor.profiles import Profile, all_builtin
+from exsa_doctor.profiles import Profile, ProfileError, all_builtin, load_builtin
 from exsa_doctor.supervise.signals import Child, exit_fd, fd_ready
 from exsa_doctor.target import Target
 
@@ -117,6 +118,8 @@ class WaitResult:
     connects: int = 0
     requests: int = 0
     cpu_s: float = 0.0  # our own CPU time while waiting
+    # the target as the wait ended: its profile may have been re-decided from what answered
+    target: Target | None = None
 
     @property
     def exited(self) -> list[Watched]:
@@ -382,8 +385,8 @@ def _host_header(host: str, port: int) -> str:
 
 def get_health(
     target: Target, sock: socket.socket | None, timeout_s: float
-) -> tuple[int, bytes] | str:
-    """One GET of the profile's health path: (status, body) or an error text.
+) -> tuple[int, bytes, str] | str:
+    """One GET of the profile's health path: (status, body, Server header) or an error text.
 
     Plain HTTP reuses `sock` (already connected by `try_connect`); HTTPS opens its own.
     """
@@ -412,7 +415,7 @@ def get_health(
         conn.endheaders()
         resp = conn.getresponse()
         body = resp.read(MAX_BODY_BYTES + 1)
-        return resp.status, body
+        return resp.status, body, resp.getheader("Server") or ""
     except (OSError, http.client.HTTPException) as exc:
         text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         return f"no HTTP answer: {text}"
@@ -491,6 +494,14 @@ def engines_for(target: Target) -> list[Watched]:
     return found
 
 
+def profile_is_detected(target: Target) -> bool:
+    """Whether the target's profile is ours to re-decide (not --profile / --profile-file, not
+    customised with --health-path and the like)."""
+    return not target.profile_reason.startswith("from --profile") and (
+        "customised" not in target.profile.source
+    )
+
+
 def _watch_pid(pid: int, profile: str) -> Watched:
     create: float | None = None
     with contextlib.suppress(psutil.Error):
@@ -547,6 +558,8 @@ class _Waiter:
         self.next_exit_poll = self.t0
         self.logs = [str(p) for p in req.logs]
         self.log_sizes: dict[str, int] = {}
+        self.auto_profile = profile_is_detected(req.target)
+        self.result.target = req.target
         self._start_watching()
 
     # ---------------------------------------------------------------- watching processes
@@ -576,10 +589,100 @@ class _Waiter:
 
     def _scan(self) -> None:
         now = time.monotonic()
-        for w in engines_for(self.req.target):
+        found = engines_for(self.req.target)
+        for w in found:
             self._add(w)
+        if found:
+            newest = max(found, key=lambda w: w.create_time or 0.0)
+            self._redecide(
+                newest.profile,
+                f"detected from PID {newest.pid}, a {newest.profile} started for port "
+                f"{self.req.target.port}",
+            )
         self.next_scan = now + self.scan_every
         self.scan_every = min(_RESCAN_MAX_S, self.scan_every * 2)
+
+    # ------------------------------------------------------------- which engine answers
+    def _redecide(self, profile_name: str, why: str) -> None:
+        """Switch to the profile of the engine that is really there (unless the user chose one):
+        "ready" is that engine's meaning of ready."""
+        target = self.req.target
+        if not self.auto_profile or profile_name == target.profile.name:
+            return
+        try:
+            profile = load_builtin(profile_name)
+        except ProfileError:
+            return
+        new = replace(target, profile=profile, profile_reason=why)
+        self.req = replace(self.req, target=new)
+        self.result.target = new
+        for w in self.result.watched:
+            if w.profile == target.profile.name and self.req.child is None:
+                w.profile = profile_name
+        self.health = ""
+        elapsed = round(time.monotonic() - self.t0, 3)
+        self.result.phases.append((elapsed, f"engine: {profile_name} ({why})"))
+        self.reporter.phase(elapsed, f"engine: {profile_name} ({why})")
+
+    def _identify_listener(self) -> None:
+        """The process behind the port, identified the moment the port opens."""
+        if not self.auto_profile:
+            return
+        from exsa_doctor.oslayer.procs import identify
+        from exsa_doctor.oslayer.sockets import listeners_of
+
+        port = self.req.target.port
+        try:
+            scan = listeners_of(port, deadline=time.monotonic() + _SCAN_BUDGET_S)
+        except (OSError, ValueError):
+            return
+        profiles = [self.req.target.profile, *all_builtin()]
+        attrs = ["pid", "name", "exe", "cmdline"]
+        for lst in scan.listeners:
+            if lst.state != "LISTEN" or lst.pid is None:
+                continue
+            try:
+                info = psutil.Process(lst.pid).as_dict(attrs=attrs, ad_value=None)
+            except psutil.Error:
+                continue
+            profile = identify(info, profiles)
+            if profile is not None:
+                self._redecide(
+                    profile.name,
+                    f"detected from PID {lst.pid}, a {profile.name} listening on port {port}",
+                )
+                if (
+                    not any(w.pid == lst.pid for w in self.result.watched)
+                    and self.req.child is None
+                ):
+                    self._add(_watch_pid(lst.pid, profile.name))
+                return
+
+    def _identify_answer(self, status: int, body: bytes, server: str) -> bool:
+        """An answer our profile cannot read, but another engine's profile recognises: by the
+        `Server` header it sends, or by its own words (a status value or a body pattern, not a
+        bare 200). Switch to that engine."""
+        if not self.auto_profile:
+            return False
+        for profile in all_builtin():
+            rx = profile.health.server_header_regex
+            other = profile.name != self.req.target.profile.name
+            if server and rx and other and re.search(rx, server):
+                self._redecide(profile.name, f"detected from its Server header {server!r}")
+                return True
+        for profile in all_builtin():
+            spec = profile.health
+            if profile.name == self.req.target.profile.name:
+                continue
+            if not ((spec.status_key and spec.ready_values) or spec.ready_body_regex):
+                continue
+            state = classify_health(spec, status, body).state
+            if state in (HealthState.READY, HealthState.LOADING):
+                self._redecide(
+                    profile.name, f"detected from its health answer, {profile.name}'s words"
+                )
+                return True
+        return False
 
     def live(self) -> list[Watched]:
         return [w for w in self.result.watched if w.exited_at is None]
@@ -706,18 +809,29 @@ class _Waiter:
             self.port_open = True
             if res.port_opened_at is None:
                 res.port_opened_at = round(time.monotonic() - self.t0, 4)
+            path_before = self.req.target.profile.health.path
+            self._identify_listener()
+            if self.req.target.profile.health.path != path_before:
+                # the engine behind the port has another health route: ask that one next
+                sock.close()
+                return False
         res.requests += 1
         got = get_health(self.req.target, sock, min(_HTTP_TIMEOUT_S, remaining))
         if isinstance(got, str):
             res.last_error = got
             self.health = "no HTTP answer"
             return False
-        status, body = got
+        status, body, server = got
         answer = classify_health(self.req.target.profile.health, status, body)
         res.last_answer = answer
         if answer.state is HealthState.READY:
             self.health = "healthy"
             return True
+        if answer.state not in (HealthState.LOADING, HealthState.OVERLOADED) and (
+            self._identify_answer(status, body, server)
+        ):
+            self.health = "engine re-detected"
+            return False
         self.health = (
             "loading" if answer.state is HealthState.LOADING else f"not ready ({answer.reason})"
         )
@@ -804,6 +918,13 @@ def summary(result: WaitResult) -> str:
     head = f"timed out after {result.elapsed_s:.1f} s: {url} never became ready"
     last = f" (last: {result.last_error})" if result.last_error else ""
     stalled = result.stalled_for()
+    answer = result.last_answer
+    if answer is not None and answer.status_code == 200 and answer.state is HealthState.BAD_BODY:
+        profile = result.target.profile.name if result.target is not None else "the profile"
+        return (
+            f"{head}{last}. It answers HTTP 200, but not in {profile}'s words: is another "
+            "engine serving there? Name it with --profile."
+        )
     if result.looks_hung() and stalled is not None:
         return (
             f"{head}{last}. The engine looks hung: no CPU time, no reads, no log output for the "
@@ -890,7 +1011,9 @@ def failure_diagnosis(target: Target, result: WaitResult) -> Diagnosis:
     """Diagnose what the wait watched; the core scores the wait's own observations in."""
     from exsa_doctor.api import diagnose, wait_observations
 
-    return diagnose(failure_target(target, result), observations=wait_observations(result))
+    return diagnose(
+        failure_target(result.target or target, result), observations=wait_observations(result)
+    )
 
 
 def render_failure(diagnosis: Diagnosis, write: Callable[[str], object]) -> None:

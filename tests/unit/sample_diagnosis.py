@@ -120,6 +120,11 @@ def build(
         "model_or_placeholder": info.model or "/path/to/model.gguf",
         "health_url": info.url.rstrip("/") + "/v1/health",
     }
+    # the profile's own commands, as runner.target_vars adds them
+    from exsa_doctor.profiles import load_builtin
+
+    profile = load_builtin(info.profile or "exsa-engine")
+    tvars.update(profile.command_vars({**tvars, "model": tvars["model_or_placeholder"]}))
     events = list(timeline)
     if failed_at is not None:
         events.append(TimelineEvent(t=failed_at, source="client", event="request failed"))
@@ -278,6 +283,9 @@ def port_in_use() -> Diagnosis:
             name="exsa-engine",
             why="orphaned: its launcher exited",
             started="2025-11-24T07:02:44Z",
+            holder="PID 4242 of user ci, started 2025-11-24T07:02:44+00:00: ./exsa-engine",
+            cleanup="exsa-doctor cleanup may stop it",
+            cleanup_command="exsa-doctor cleanup --port 3000",
         ),
         finding(
             "processes.running",

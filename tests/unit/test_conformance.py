@@ -90,6 +90,7 @@ def test_the_public_cause_ids_are_all_there() -> None:
         "cpu-unsupported-instructions",
         "bind-address-unavailable",
         "unrecognised-error",
+        "auth-required",  # issue 9
     }
 
 

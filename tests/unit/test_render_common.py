@@ -38,7 +38,11 @@ def ev(t: float, event: str, source: str = "log") -> TimelineEvent:
         ("log", "shut down", "shutdown"),
         # other probes and the client
         ("processes", "engine process started (PID 17939)", "start"),
-        ("port", "PID 4242 (exsa-engine) started; it listens on 127.0.0.1:3000", "start"),
+        (
+            "port",
+            "PID 4242 (exsa-engine) started; it listens on 127.0.0.1:3000",
+            "port-holder",
+        ),  # issue 9: the port holder is its own kind
         ("probe", "health: refused", "observation"),
         ("probe", "health: http_error", "observation"),
         ("probe", "progress: refused -> listening", "listening"),

@@ -66,4 +66,7 @@ def test_impossible_times_are_usage_errors(text: str) -> None:
 
 def test_split_url_defaults_ports_by_scheme() -> None:
     assert split_url("https://example") == ("https", "example", 443)
-    assert split_url("127.0.0.1:3000") == ("http", "127.0.0.1", 3000)
+    assert split_url("http://127.0.0.1:3000/") == ("http", "127.0.0.1", 3000)
+    # issue 9: a URL without a scheme is a usage error, not http://notaurl:80
+    with pytest.raises(UsageError, match="no scheme"):
+        split_url("127.0.0.1:3000")
