@@ -201,6 +201,9 @@ class CommandSpec:
     version: str = ""
     help: str = ""
     cpu_only: str = ""
+    # out-of-memory's fixes: start it with a smaller context (and KV cache), smaller batches
+    smaller_context: str = ""
+    smaller_batch: str = ""
 
     def filled(self, values: Mapping[str, str]) -> dict[str, str]:
         """`start_command`, `start_command_port_var` (port `$PORT`), `run_command`,
@@ -217,6 +220,8 @@ class CommandSpec:
             ("version_command", self.version, {}),
             ("help_command", self.help, {}),
             ("cpu_only_command", self.cpu_only, {}),
+            ("smaller_context_command", self.smaller_context, {}),
+            ("smaller_batch_command", self.smaller_batch, {}),
         ):
             if not template:
                 continue
@@ -423,6 +428,8 @@ def profile_from_mapping(raw: Mapping[str, Any], source: str = "") -> Profile:
                 version=_str(cmds, "version"),
                 help=_str(cmds, "help"),
                 cpu_only=_str(cmds, "cpu_only"),
+                smaller_context=_str(cmds, "smaller_context"),
+                smaller_batch=_str(cmds, "smaller_batch"),
             ),
             auth_args=_tuple_of(auth, "args", str),
             auth_env=_str(auth, "env"),
@@ -444,7 +451,17 @@ def profile_from_mapping(raw: Mapping[str, Any], source: str = "") -> Profile:
 def _check_command_templates(commands: CommandSpec, source: str) -> None:
     """Every command template names only known values and parses as shell once filled."""
     sample = {k: "x" if k != "port" else "8080" for k in _COMMAND_FIELDS}
-    for name in ("start", "run", "ready", "capacity", "version", "help", "cpu_only"):
+    for name in (
+        "start",
+        "run",
+        "ready",
+        "capacity",
+        "version",
+        "help",
+        "cpu_only",
+        "smaller_context",
+        "smaller_batch",
+    ):
         template = getattr(commands, name)
         if not template:
             continue

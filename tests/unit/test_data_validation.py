@@ -43,11 +43,17 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_every_builtin_profile_passes_its_schema() -> None:
-    assert {p.name for p in all_builtin()} == {"exsa-engine", "llama-server", "ollama", "vllm"}
+    assert {p.name for p in all_builtin()} == {
+        "exsa-engine",
+        "llama-cpp-python",
+        "llama-server",
+        "ollama",
+        "vllm",
+    }
 
 
 def test_a_good_profile_file_loads_and_a_commands_table_is_welcome(tmp_path: Path) -> None:
-    text = GOOD_PROFILE + '[commands]\nstart = "my-llm --port {port}"\nready = ["a", "b"]\n'
+    text = GOOD_PROFILE + '[commands]\nstart = "my-llm --port {port}"\nready = "my-llm-ready"\n'
     profile = load_file(write(tmp_path, text))
     assert profile.name == "my-llm"
     assert profile.health.path == "/healthz"
