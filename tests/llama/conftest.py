@@ -22,7 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from llama_helpers import SQUAT_SCRIPT, LlamaServer, Squatter, free_port, stop_pid
+from llama_helpers import LlamaServer, Squatter, free_port, squatters, stop_pid
 from make_tiny_model import write_tiny_llama
 
 REPO = Path(__file__).resolve().parents[2]
@@ -154,28 +154,7 @@ def start_llama(
 @pytest.fixture
 def squatter() -> Iterator[Callable[[int], Squatter]]:
     """Factory: a foreign listener on a port; stopped by PID afterwards."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(port: int) -> Squatter:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", SQUAT_SCRIPT, str(port)],
-            stdout=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-        )
-        procs.append(proc)
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if b"listening" not in line:
-            pytest.fail(f"the squatter did not start: {line!r}")
-        return Squatter(proc=proc, port=port)
-
-    try:
-        yield start
-    finally:
-        for proc in procs:
-            stop_pid(proc)
-            if proc.stdout is not None:
-                proc.stdout.close()
+    yield from squatters()
 
 
 @pytest.fixture

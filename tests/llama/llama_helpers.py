@@ -10,8 +10,9 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,8 @@ def stop_pid(proc: subprocess.Popen[Any]) -> None:
 
 @dataclass
 class LlamaServer:
-    """One llama-server process a test started, with its log file."""
+    """One engine process a test started (llama-server, or llama-cpp-python's server with
+    `name` and `ready_path` set), with its log file."""
 
     proc: subprocess.Popen[bytes]
     port: int
@@ -62,6 +64,9 @@ class LlamaServer:
     log: Path
     argv: list[str] = field(default_factory=list)
     host: str = "127.0.0.1"
+    name: str = "llama-server"
+    ready_path: str = "/health"  # the route that answers 200 once the model is loaded
+    wait_s: float = 60.0
 
     @property
     def pid(self) -> int:
@@ -76,24 +81,26 @@ class LlamaServer:
         return self.log.read_text(encoding="utf-8", errors="replace")
 
     def health(self) -> tuple[int, bytes] | None:
+        """GET the readiness route: (status, body), or None when nothing answers."""
         try:
-            r = httpx.get(self.url + "/health", timeout=2.0)
+            r = httpx.get(self.url + self.ready_path, timeout=2.0)
         except httpx.HTTPError:
             return None
         return r.status_code, r.content
 
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
+    def wait_ready(self, timeout_s: float | None = None) -> None:
         def ready() -> bool:
             if self.proc.poll() is not None:
                 tail = self.log_text()[-3000:]
-                pytest.fail(f"llama-server exited {self.proc.returncode}:\n{tail}")
+                pytest.fail(f"{self.name} exited {self.proc.returncode}:\n{tail}")
             answer = self.health()
             return answer is not None and answer[0] == 200
 
-        poll(ready, timeout_s, f"llama-server on port {self.port} to answer /health 200")
+        what = f"{self.name} on port {self.port} to answer {self.ready_path} 200"
+        poll(ready, timeout_s or self.wait_s, what, 0.1)
 
-    def wait_exit(self, timeout_s: float = 60.0) -> int:
-        poll(lambda: self.proc.poll() is not None, timeout_s, "llama-server to exit")
+    def wait_exit(self, timeout_s: float | None = None) -> int:
+        poll(lambda: self.proc.poll() is not None, timeout_s or self.wait_s, f"{self.name} to exit")
         return int(self.proc.returncode)
 
 
@@ -107,6 +114,32 @@ class Squatter:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+
+def squatters() -> Iterator[Callable[[int], Squatter]]:
+    """A fixture body: a factory of foreign listeners on ports, stopped by PID afterwards."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(port: int) -> Squatter:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SQUAT_SCRIPT, str(port)],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
+        procs.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if b"listening" not in line:
+            pytest.fail(f"the squatter did not start: {line!r}")
+        return Squatter(proc=proc, port=port)
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            stop_pid(proc)
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
 SQUAT_SCRIPT = (

@@ -23,12 +23,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "llama"))
 
-from llama_helpers import SQUAT_SCRIPT, Squatter, free_port, stop_pid  # noqa: E402
+from llama_helpers import LlamaServer, Squatter, free_port, squatters, stop_pid  # noqa: E402
 from make_tiny_model import write_tiny_llama  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from lcp_helpers import LcpServer  # noqa: E402
 
 BUILD_SCRIPT = REPO / "scripts" / "build-llama-cpp-python.sh"
 LLAMA_SERVER_SCRIPT = REPO / "scripts" / "build-llama-server.sh"
@@ -98,12 +94,12 @@ def server_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def start_lcp(lcp_python: Path, tmp_path: Path) -> Iterator[Callable[..., LcpServer]]:
+def start_lcp(lcp_python: Path, tmp_path: Path) -> Iterator[Callable[..., LlamaServer]]:
     """Factory: start `python -m llama_cpp.server` on 127.0.0.1 and `port` (default a free one)
     with `model`; stdout and stderr to one log file. Every server is stopped by PID afterwards."""
-    started: list[LcpServer] = []
+    started: list[LlamaServer] = []
 
-    def start(model: Path, port: int | None = None, extra: Sequence[str] = ()) -> LcpServer:
+    def start(model: Path, port: int | None = None, extra: Sequence[str] = ()) -> LlamaServer:
         host = "127.0.0.1"
         chosen = port if port is not None else free_port(host)
         log = tmp_path / f"llama-cpp-python-{chosen}-{len(started)}.log"
@@ -131,7 +127,17 @@ def start_lcp(lcp_python: Path, tmp_path: Path) -> Iterator[Callable[..., LcpSer
                 stdin=subprocess.DEVNULL,
                 env=server_env(),
             )
-        server = LcpServer(proc=proc, port=chosen, model=model, log=log, argv=argv, host=host)
+        server = LlamaServer(
+            proc=proc,
+            port=chosen,
+            model=model,
+            log=log,
+            argv=argv,
+            host=host,
+            name="llama-cpp-python",
+            ready_path="/v1/models",  # it has no /health; this answers once the model is loaded
+            wait_s=120.0,
+        )
         started.append(server)
         return server
 
@@ -145,25 +151,4 @@ def start_lcp(lcp_python: Path, tmp_path: Path) -> Iterator[Callable[..., LcpSer
 @pytest.fixture
 def squatter() -> Iterator[Callable[[int], Squatter]]:
     """Factory: a foreign listener on a port; stopped by PID afterwards."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(port: int) -> Squatter:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", SQUAT_SCRIPT, str(port)],
-            stdout=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-        )
-        procs.append(proc)
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if b"listening" not in line:
-            pytest.fail(f"the squatter did not start: {line!r}")
-        return Squatter(proc=proc, port=port)
-
-    try:
-        yield start
-    finally:
-        for proc in procs:
-            stop_pid(proc)
-            if proc.stdout is not None:
-                proc.stdout.close()
+    yield from squatters()

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from lcp_helpers import LcpServer
-from llama_helpers import Squatter, free_port, poll
+from llama_helpers import LlamaServer, Squatter, free_port, poll
 
 from exsa_doctor.detect import refine_target
 from exsa_doctor.model import Diagnosis, Finding
@@ -28,7 +27,7 @@ from exsa_doctor.target import Target, resolve_target
 pytestmark = pytest.mark.llama
 
 PROFILE = "llama-cpp-python"
-StartLcp = Callable[..., LcpServer]
+StartLcp = Callable[..., LlamaServer]
 
 
 def run_diagnosis(
@@ -163,7 +162,7 @@ def test_hung_load_is_diagnosed_with_a_py_spy_stack(start_lcp: StartLcp, tmp_pat
     # py-spy names the Python frames the load is stuck under
     assert "llama_cpp" in dump.data["text"] and "__init__" in dump.data["text"], dump.data["text"]
     assert server.proc.poll() is None
-    assert server.models() is None  # refused: it never bound
+    assert server.health() is None  # refused: it never bound
 
 
 def _waits_for_a_fifo_writer(pid: int) -> bool:
