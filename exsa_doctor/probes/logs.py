@@ -275,7 +275,12 @@ class LogsProbe(Probe):
         for path, report in reports:
             self._timeline(out, report, full=path == primary_path)
         for f in out.findings:
-            if f.data.get("kind") == "specific" and isinstance(f.data.get("t"), float):
+            # the root of the chain (a bind failure is already there, with its address)
+            if (
+                f.data.get("kind") == "specific"
+                and f.id != "logs.bind_failed"
+                and isinstance(f.data.get("t"), float)
+            ):
                 out.event(f.data["t"], "log", f"error: {f.summary}")
         out.detail = self._detail(reports, primary)
         return out
@@ -694,11 +699,7 @@ class LogsProbe(Probe):
                 text = (
                     _timeline_text(event, run)
                     if full
-                    else (
-                        _timeline_text(event, run)
-                        if event.marker in ("bind_failed", "model_error")
-                        else None
-                    )
+                    else (_timeline_text(event, run) if event.marker == "bind_failed" else None)
                 )
                 if text:
                     out.event(event.t, "log", text)
@@ -804,6 +805,5 @@ def _timeline_text(event: LogEvent, run: Run) -> str | None:
         return f"bind failed: {where}: {event.line.strip()[-120:]}"
     if marker == "shutdown":
         return "shut down" if run.shutdown is event else None
-    if marker in ("model_error", "model_path_unset", "mmap_failed", "oom", "panic"):
-        return f"{marker.replace('_', ' ')}: {event.line.strip()[:160]}"
+    # fatal lines reach the timeline once, as the causal chain's root (see `run`)
     return None
