@@ -17,7 +17,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from exsa_doctor.model import Cause, Finding
+from exsa_doctor.model import Cause
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -52,9 +52,6 @@ class FittedModel:
         if fitted is not None:
             return fitted
         return math.log(cause.evidence[finding_id])
-
-    def none_score(self, by_id: Mapping[str, Finding]) -> float:
-        return self.none_bias
 
     @property
     def is_fitted(self) -> bool:

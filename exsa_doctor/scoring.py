@@ -137,7 +137,7 @@ def score(
         evidence.sort(key=lambda e: -abs(math.log(e.weight)))
         scores.append(logodds / fitted.temperature)
         evidences.append(evidence)
-    none_score = fitted.none_score(by_id) / fitted.temperature
+    none_score = fitted.none_bias / fitted.temperature
     top = max([none_score, *scores])
     exps = [math.exp(s - top) for s in scores]
     total = sum(exps) + math.exp(none_score - top)
