@@ -14,15 +14,18 @@ machine where nothing runs adds (`diagnose --log FILE` with no engine): used as 
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO / "fixtures" / "realworld"
+# EXSA_DOCTOR_CORPUS points at another copy of the corpus (e.g. a frozen one while it grows)
+CORPUS = Path(os.environ.get("EXSA_DOCTOR_CORPUS", REPO / "fixtures" / "realworld"))
 HELD_OUT_PERCENT = 35
 NOTHING_RUNNING = ("processes.none", "health.refused", "port.not_listening", "model.not_given")
 # a label outside the cause table: the right answer is "no cause in the table" (unrecognised-error)
@@ -75,8 +78,52 @@ def entries(root: Path = CORPUS) -> Iterator[Entry]:
             )
 
 
-def features_of(path: Path) -> list[str]:
-    """The finding ids the doctor's logs probe raises on this log, read offline."""
+def features_of(path: Path, without: frozenset[str] = frozenset()) -> list[str]:
+    """The finding ids the doctor's logs probe raises on this log, read offline.
+
+    `without`: signature ids to leave out of the table, to see the log as the doctor would have
+    read it had nobody written those rows (the coverage-aware view in scripts/fit_weights.py).
+    """
     from exsa_doctor.api_offline import offline_findings
 
-    return sorted({f.id for f in offline_findings(path)})
+    if not without:
+        return sorted({f.id for f in offline_findings(path)})
+    with _table_without(without):
+        return sorted({f.id for f in offline_findings(path)})
+
+
+def signature_ids(path: Path) -> frozenset[str]:
+    """Ids of the signature rows that match a line of the log's newest run."""
+    from exsa_doctor.api_offline import offline_findings
+
+    seen: set[str] = set()
+    with _table_without(frozenset(), record=seen):
+        offline_findings(path)
+    return frozenset(seen)
+
+
+@contextmanager
+def _table_without(without: frozenset[str], record: set[str] | None = None) -> Iterator[None]:
+    """The logs parser reads a table without the given rows (and records the rows that hit)."""
+    from exsa_doctor.parsers import logs as parser
+    from exsa_doctor.signatures import Hit, Table, load_table
+
+    full = load_table()
+
+    class _Recording(Table):
+        def scan(self, lines: Sequence[str], start: int = 0, end: int | None = None) -> list[Hit]:
+            hits = Table.scan(self, lines, start, end)
+            if record is not None:
+                record.update(h.signature.id for h in hits)
+            return hits
+
+    table = _Recording(
+        signatures=tuple(s for s in full.signatures if s.id not in without),
+        prefilter=full.prefilter,
+    )
+    original = parser.load_table
+    parser.load_table = lambda: table  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        parser.load_table = original

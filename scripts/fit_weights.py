@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.corpus import NOTHING_RUNNING, OTHER, entries, features_of  # noqa: E402
+from benchmarks.corpus import (  # noqa: E402
+    NOTHING_RUNNING,
+    OTHER,
+    entries,
+    features_of,
+    signature_ids,
+)
 from exsa_doctor.causes import load_causes  # noqa: E402
 from exsa_doctor.fitted import NONE_CLASS  # noqa: E402
 
@@ -58,24 +65,49 @@ class Example:
     label: str
     features: frozenset[str]
     engine: str = ""
+    weight: float = 1.0
+    thread: str = ""
+    unseen: bool = False  # the coverage-aware view: rows only this log matches left out
 
 
-def corpus_examples(exclude_engine: str | None = None) -> tuple[list[Example], dict[str, int]]:
+def corpus_examples(
+    exclude_engine: str | None = None, unseen_weight: float = 1.0
+) -> tuple[list[Example], dict[str, int]]:
+    """The training split's logs, each offline and as on a machine where nothing runs.
+
+    A log that is the only training log to match some signature row is also seen without those
+    rows (weight `unseen_weight`): the rows were likely written from it, and a new log of the same
+    kind in the wild would meet a table that lacks its wording. Without this view the fit learns
+    from the training logs that an unplaced failure line always means a cause outside the table,
+    which is true only of logs the table was written from.
+    """
     out: list[Example] = []
     skipped: dict[str, int] = {}
     classes = {c.id for c in load_causes()}
-    for entry in entries():
-        if entry.split != "train" or entry.engine == exclude_engine:
-            continue
+    chosen = [e for e in entries() if e.split == "train" and e.engine != exclude_engine]
+    hits = {e.id: signature_ids(e.path) for e in chosen}
+    count = Counter(i for ids in hits.values() for i in ids)
+    for entry in chosen:
         feats = frozenset(features_of(entry.path))
         label = outside_label(feats) if entry.cause == OTHER else entry.cause
         if label not in classes and label != NONE_CLASS:
             skipped[entry.cause] = skipped.get(entry.cause, 0) + 1
             continue
-        out.append(Example(f"corpus:{entry.id}", label, feats, entry.engine))
-        out.append(
-            Example(f"corpus:{entry.id}+machine", label, feats | set(NOTHING_RUNNING), entry.engine)
-        )
+        views = [(f"corpus:{entry.id}", feats, 1.0, False)]
+        own = frozenset(i for i in hits[entry.id] if count[i] == 1)
+        if own:
+            views.append(
+                (f"corpus:{entry.id}~unseen", frozenset(features_of(entry.path, own)), 1.0, True)
+            )
+        for source, fs, _, unseen in views:
+            lab = outside_label(fs) if entry.cause == OTHER else entry.cause
+            w = unseen_weight if unseen else 1.0
+            if w <= 0:
+                continue
+            for suffix, extra in (("", frozenset()), ("+machine", frozenset(NOTHING_RUNNING))):
+                out.append(
+                    Example(source + suffix, lab, fs | extra, entry.engine, w, entry.thread, unseen)
+                )
     return out, skipped
 
 
@@ -112,6 +144,7 @@ def fit(examples: Sequence[Example]) -> tuple[dict[str, float], dict[str, dict[s
     b0 = np.array([math.log(c.prior / (1 - c.prior)) for c in causes])
     x = np.zeros((n, m))
     y = np.zeros((n, k + 1))
+    sw = np.array([[ex.weight] for ex in examples]) if n else np.zeros((0, 1))
     index = {c: i for i, c in enumerate(classes)} | {NONE_CLASS: k}
     for r, ex in enumerate(examples):
         for f in ex.features:
@@ -132,8 +165,8 @@ def fit(examples: Sequence[Example]) -> tuple[dict[str, float], dict[str, dict[s
         z -= z.max(axis=1, keepdims=True)
         p = np.exp(z)
         p /= p.sum(axis=1, keepdims=True)
-        loss = float(-(y * np.log(p + 1e-12)).sum() / max(n, 1))
-        g = (p - y)[:, :k]  # n x k
+        loss = float(-(sw * y * np.log(p + 1e-12)).sum() / max(float(sw.sum()), 1.0))
+        g = (sw * (p - y))[:, :k]  # n x k
         gw = (g.T @ x) * mask + (w - w0) * mask / SIGMA_WEIGHT**2
         gb = g.sum(axis=0) + (b - b0) / SIGMA_BIAS**2
         _adam(w, gw, mw, vw, step)
@@ -144,6 +177,66 @@ def fit(examples: Sequence[Example]) -> tuple[dict[str, float], dict[str, dict[s
         for i, c in enumerate(classes)
     }
     return biases, weights, loss
+
+
+UNSEEN_GRID = (0.0, 0.25, 0.5, 1.0, 2.0)
+FOLDS = 5
+
+
+def fold_of(thread: str) -> int:
+    digest = hashlib.sha256(("fold:" + thread.strip().lower()).encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") % FOLDS
+
+
+def mean_log_loss(
+    biases: dict[str, float], weights: dict[str, dict[str, float]], examples: Sequence[Example]
+) -> float:
+    """Mean negative log-probability of the right label under a fitted table."""
+    total = 0.0
+    for ex in examples:
+        scores = {
+            c: b + sum(w for f, w in weights[c].items() if f in ex.features)
+            for c, b in biases.items()
+        }
+        scores[NONE_CLASS] = 0.0
+        top = max(scores.values())
+        norm = sum(math.exp(v - top) for v in scores.values())
+        total -= scores[ex.label] - top - math.log(norm)
+    return total / max(len(examples), 1)
+
+
+def choose_unseen_weight(corpus: Sequence[Example], scenarios: Sequence[Example]) -> float:
+    """The weight of the coverage-aware views that predicts unseen threads best.
+
+    Cross-validation by thread on the training split only: each fold's logs are judged as a new
+    log meets the table (without the rows only they match, where they have such rows), the model
+    fitted on the other folds with the candidate weight.
+    """
+    best, best_loss = UNSEEN_GRID[-1], float("inf")
+    for candidate in UNSEEN_GRID:
+        total, count = 0.0, 0
+        for k in range(FOLDS):
+            train = [
+                Example(e.source, e.label, e.features, e.engine, candidate, e.thread, e.unseen)
+                if e.unseen
+                else e
+                for e in corpus
+                if fold_of(e.thread) != k and (candidate > 0 or not e.unseen)
+            ]
+            held = [e for e in corpus if fold_of(e.thread) == k]
+            unseen_sources = {e.source.split("~")[0] for e in held if e.unseen}
+            wild = [e for e in held if e.unseen or e.source.split("+")[0] not in unseen_sources]
+            biases, weights, _ = fit([*train, *scenarios])
+            total += mean_log_loss(biases, weights, wild) * len(wild)
+            count += len(wild)
+        loss = total / max(count, 1)
+        print(
+            f"  unseen-view weight {candidate}: cross-validated log-loss {loss:.3f}",
+            file=sys.stderr,
+        )
+        if loss < best_loss:
+            best, best_loss = candidate, loss
+    return best
 
 
 def _adam(param: np.ndarray, grad: np.ndarray, mom: np.ndarray, vel: np.ndarray, step: int) -> None:
@@ -158,7 +251,9 @@ def _adam(param: np.ndarray, grad: np.ndarray, mom: np.ndarray, vel: np.ndarray,
 def digest(examples: Sequence[Example]) -> str:
     h = hashlib.sha256()
     for ex in sorted(examples, key=lambda e: e.source):
-        h.update(f"{ex.source}\t{ex.label}\t{','.join(sorted(ex.features))}\n".encode())
+        h.update(
+            f"{ex.source}\t{ex.label}\t{ex.weight}\t{','.join(sorted(ex.features))}\n".encode()
+        )
     return h.hexdigest()[:16]
 
 
@@ -167,8 +262,11 @@ def render(
     weights: dict[str, dict[str, float]],
     examples: Sequence[Example],
     skipped: dict[str, int],
+    unseen_weight: float,
 ) -> str:
-    corpus = sum(1 for e in examples if e.source.startswith("corpus:")) // 2
+    corpus = len(
+        {e.source.split("~")[0].split("+")[0] for e in examples if e.source.startswith("corpus:")}
+    )
     scen = sum(1 for e in examples if not e.source.startswith("corpus:"))
     lines = [
         "# Fitted by scripts/fit_weights.py from labelled data. Do not edit by hand: change",
@@ -180,6 +278,7 @@ def render(
         f'training_digest = "{digest(examples)}"',
         f"sigma_weight = {SIGMA_WEIGHT}",
         f"sigma_bias = {SIGMA_BIAS}",
+        f"unseen_view_weight = {unseen_weight}",
         "skipped_labels = { "
         + ", ".join(f'"{k}" = {v}' for k, v in sorted(skipped.items()))
         + " }",
@@ -202,12 +301,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args(argv)
     corpus, skipped = corpus_examples(args.exclude_engine)
-    examples = corpus + scenario_examples()
+    scenarios = scenario_examples()
+    unseen_weight = choose_unseen_weight(corpus, scenarios)
+    corpus = [
+        Example(e.source, e.label, e.features, e.engine, unseen_weight, e.thread, e.unseen)
+        if e.unseen
+        else e
+        for e in corpus
+        if unseen_weight > 0 or not e.unseen
+    ]
+    examples = corpus + scenarios
     biases, weights, loss = fit(examples)
-    text = render(biases, weights, examples, skipped)
+    text = render(biases, weights, examples, skipped, unseen_weight)
+    logs = len({e.source.split("~")[0].split("+")[0] for e in corpus})
     print(
-        f"fitted on {len(corpus) // 2} training logs (x2 views) + "
-        f"{len(examples) - len(corpus)} scenario examples; training log-loss {loss:.3f}"
+        f"fitted on {logs} training logs (x2 views, unseen-view weight {unseen_weight}) + "
+        f"{len(scenarios)} scenario examples; training log-loss {loss:.3f}"
         + (f"; labels not in the table, left out: {skipped}" if skipped else ""),
         file=sys.stderr,
     )
