@@ -79,9 +79,13 @@ SIGNATURE_FINDINGS = (
     "logs.client_unauthorized",
     "logs.client_reset",
     "logs.client_timeout",
+    "logs.client_refused_remote",
+    "logs.client_unresolved",
+    "logs.client_not_found",
+    "logs.limit_not_raised",
 )
 # Facts of this machine that refine what a bind failure means (never for an offline log).
-REFINED_FINDINGS = ("logs.privileged_port",)
+REFINED_FINDINGS = ("logs.privileged_port", "logs.bind_specific_host")
 _UNPRIVILEGED_PORT_START = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
 # Findings that say why the engine stopped: with one of them, "engine not running" is a symptom.
 _ERROR_KINDS = ("specific",)
@@ -329,6 +333,8 @@ class LogsProbe(Probe):
             if not ctx_offline:
                 self._refine_bind(out, root_finding)
                 self._refine_permission(out, root_finding)
+            else:
+                self._note_specific_host(out, root_finding)
             out.add(
                 self.finding(
                     "logs.reason_logged",
@@ -443,6 +449,31 @@ class LogsProbe(Probe):
                 finding.status,
                 finding.summary + more,
                 {**finding.data, "owner": owner, "mode": mode, "user": me, "readable": readable},
+            )
+        )
+
+    def _note_specific_host(self, out: ProbeOutput, finding: Finding) -> None:
+        """Offline, a bind failure that does not say why cannot be checked against the engine's
+        machine; that it named one specific address (not a wildcard, not loopback) is a hint
+        that the address is not that machine's."""
+        if finding.id != "logs.bind_failed" or finding.data.get("errno") is not None:
+            return
+        host = str(finding.data.get("host") or "").strip("[]")
+        if not host or host in ("localhost", "0.0.0.0", "::"):
+            return
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return  # a name: it resolves on the engine's machine, not here
+        if address.is_loopback or address.is_unspecified:
+            return
+        out.add(
+            self.finding(
+                "logs.bind_specific_host",
+                Level.INFO,
+                f"the engine was told to listen on {host} only: if that address is not on the "
+                "engine's machine, the bind fails (check with `ip -brief addr` there)",
+                {"host": host, "port": finding.data.get("port")},
             )
         )
 
