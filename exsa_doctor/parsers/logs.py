@@ -840,8 +840,11 @@ def parse_log(
 
     runs = [b.build() for b in builders if b.events or b.start is not None]
     table = signatures if signatures is not None else load_table()
-    hits = table.scan(lines, start=runs[-1].start_line if runs else 0)
-    hit_times = tuple(_time_near(clock, h.lineno, runs[-1].start_line if runs else 0) for h in hits)
+    # the newest run's lines; with one run, also what the engine printed before its start line
+    # (llama.cpp reports bad flags and a missing GPU backend before `build:`)
+    first = runs[-1].start_line if len(runs) > 1 else 0
+    hits = table.scan(lines, start=first)
+    hit_times = tuple(_time_near(clock, h.lineno, first) for h in hits)
     return LogReport(
         timestamp_format=fmt,
         events=tuple(all_events),

@@ -83,6 +83,7 @@ SIGNATURE_FINDINGS = (
     "logs.client_unresolved",
     "logs.client_not_found",
     "logs.limit_not_raised",
+    "logs.zero_tokens",
 )
 # Facts of this machine that refine what a bind failure means (never for an offline log).
 REFINED_FINDINGS = ("logs.privileged_port", "logs.bind_specific_host")
@@ -233,7 +234,6 @@ class LogsProbe(Probe):
         *REFINED_FINDINGS,
         "logs.reason_logged",
         "logs.shutdown",
-        "logs.zero_tokens",
         "logs.started_never_listened",
         "logs.loading_in_progress",
         "logs.failed_before_ready",
