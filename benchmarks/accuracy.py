@@ -175,7 +175,7 @@ def main() -> int:
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-loo", action="store_true", help="skip leave-one-engine-out")
-    ap.add_argument("--split", default="heldout", choices=("heldout", "train", "fresh"))
+    ap.add_argument("--split", default="heldout", choices=("heldout", "train", "fresh", "fresh2"))
     args = ap.parse_args()
     corpus = list(entries())
     chosen = [e for e in corpus if e.split == args.split]
