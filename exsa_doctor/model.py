@@ -153,6 +153,12 @@ class TargetInfo:
     pids: tuple[int, ...]
     profile: str
     profile_reason: str = ""
+    offline: bool = False  # a log read on its own: the URL is only the profile's default
+
+    @property
+    def where(self) -> str:
+        """What a report's title names: the URL, or that a log was read on its own."""
+        return "offline (the log alone)" if self.offline else self.url
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,7 @@ class Target:
             pids=self.pids,
             profile=self.profile.name,
             profile_reason=self.profile_reason,
+            offline=self.offline,
         )
 
     def with_model(self, model: Path, source: str) -> Target:

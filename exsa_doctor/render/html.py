@@ -173,7 +173,7 @@ def _verdict(d: Diagnosis) -> str:
     return (
         f'<header id="verdict" class="{v}" data-verdict="{v}">'
         f'<div class="badge">{v.upper()}</div>'
-        f'<div class="target">{esc(t.url, 500)}</div>'
+        f'<div class="target">{esc(t.where, 500)}</div>'
         f'<div class="headline">{headline}</div>'
         f'<div class="facts">{" · ".join(facts)}</div>{_hints(d)}</header>'
     )
@@ -641,7 +641,7 @@ def _findings(findings: Iterable[Finding]) -> str:
 def render(diagnosis: Diagnosis) -> str:
     """The report as one self-contained HTML document."""
     d = diagnosis
-    title = f"exsa-doctor: {d.verdict.value} — {printable(d.target.url)}"
+    title = f"exsa-doctor: {d.verdict.value} — {printable(d.target.where)}"
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'

@@ -131,6 +131,7 @@ def report(diagnosis: Diagnosis) -> dict[str, Any]:
             "pids": list(t.pids),
             "profile": t.profile,
             "profile_reason": t.profile_reason,
+            "offline": t.offline,
         },
         "started_at": iso_utc(diagnosis.started_at),
         "duration_s": diagnosis.duration_s,

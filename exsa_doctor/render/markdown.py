@@ -97,7 +97,7 @@ def render(diagnosis: Diagnosis) -> str:
     """The report as GitHub-flavoured Markdown."""
     d = diagnosis
     shown = prominent_causes(d)
-    lines = [f"## exsa-doctor: {_VERDICT[d.verdict]} — {code(d.target.url)}", ""]
+    lines = [f"## exsa-doctor: {_VERDICT[d.verdict]} — {code(d.target.where)}", ""]
     if d.verdict is Verdict.UNHEALTHY and shown:
         top = shown[0]
         lines.append(

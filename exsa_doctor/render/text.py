@@ -179,7 +179,7 @@ def _header(console: Console, d: Diagnosis) -> None:
     mark, style = _VERDICT_STYLE[d.verdict]
     line = Text()
     line.append(f"{mark} {d.verdict.value.upper()}", style=style)
-    line.append("  " + _s(d.target.url), style="bold")
+    line.append("  " + _s(d.target.where), style="bold")
     line.append(f"  ({_s(d.target.profile)})", style="dim")
     console.print(line)
     shown = prominent_causes(d)

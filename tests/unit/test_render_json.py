@@ -74,6 +74,7 @@ def test_contract_keys_and_values_of_the_race() -> None:
         "pids": [17939],
         "profile": "exsa-engine",
         "profile_reason": d.target.profile_reason,
+        "offline": False,
     }
     assert doc["verdict"] == "unhealthy"
     assert doc["started_at"] == "2025-11-23T23:42:31.502Z"
@@ -170,3 +171,25 @@ def test_the_documented_example_is_valid() -> None:
     for key in ("schema_version", "profile_reason", "t_epoch", "remediation", "duration_s"):
         assert f"`{key}`" in text
     assert math.isclose(doc["timeline"][0]["t_epoch"], samples.at("2025-11-23T23:41:53.120"))
+
+
+def test_an_offline_report_says_the_address_was_not_probed(tmp_path: Path) -> None:
+    from exsa_doctor.api_offline import offline_diagnosis
+    from exsa_doctor.render.markdown import render as render_markdown
+
+    log = tmp_path / "pasted.log"
+    log.write_text(
+        "srv          init: couldn't bind HTTP server socket, hostname: 127.0.0.1, port: 8080\n",
+        encoding="utf-8",
+    )
+    d = offline_diagnosis([log])
+    doc = json.loads(render(d))
+    assert doc["target"]["offline"] is True
+    jsonschema.validate(
+        doc,
+        json.loads(
+            resources.files("exsa_doctor").joinpath("schema/report.schema.json").read_text()
+        ),
+    )
+    assert d.target.where == "offline (the log alone)"
+    assert "offline (the log alone)" in render_markdown(d).splitlines()[0]
