@@ -380,8 +380,11 @@ class ManagedEngine:
 class EngineManager:
     """The session's engines, keyed by (command, scope key); the reports they produced."""
 
-    def __init__(self, root: Path, ready_timeout_s: float, report_dir: Path | None) -> None:
+    def __init__(
+        self, root: Path, ready_timeout_s: float, report_dir: Path | None, prefix: str = ""
+    ) -> None:
         self.root = root
+        self.prefix = prefix  # a pytest-xdist worker's id: workers share --exsa-report-dir
         self.ready_timeout_s = ready_timeout_s
         self.report_dir = report_dir
         self.engines: dict[tuple[tuple[str, ...], str], ManagedEngine] = {}
@@ -413,7 +416,7 @@ class EngineManager:
         if managed is None:
             self.started += 1
             name = _slug(Path(argv[0]).name) if argv else "engine"
-            folder = self.root / f"engine-{self.started:02d}-{name}"
+            folder = _unused(self.root, f"{self.prefix}engine-{{n:02d}}-{name}", self.started)
             managed = ManagedEngine(self, argv, folder)
             self.engines[key] = managed
             managed.start(nodeid)
@@ -441,7 +444,8 @@ class EngineManager:
         self.published.append(report.nodeid)
         if self.report_dir is not None:
             folder = self.report_dir / "failures"
-            path = folder / f"{len(self.published):03d}-{_slug(report.nodeid)}.md"
+            pattern = f"{self.prefix}{{n:03d}}-{_slug(report.nodeid)}.md"
+            path = _unused(folder, pattern, len(self.published))
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 path.write_text(markdown, encoding="utf-8")
@@ -474,6 +478,16 @@ class EngineManager:
             )
             return
         self.summary_bytes += len(data)
+
+
+def _unused(folder: Path, pattern: str, n: int) -> Path:
+    """`folder / pattern.format(n=...)` for the first n from `n` that names nothing yet.
+
+    A report folder kept from an earlier run is not written into: each run's logs stay apart.
+    """
+    while (folder / pattern.format(n=n)).exists():
+        n += 1
+    return folder / pattern.format(n=n)
 
 
 def scope_key(scope: str, nodeid: str) -> str:

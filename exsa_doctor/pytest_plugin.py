@@ -79,19 +79,23 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     command = config.getoption("--exsa-engine")
     if command is not None:
-        _split_command(str(command), "--exsa-engine")
+        try:
+            _split_command(str(command), "--exsa-engine")
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
     report_dir = config.getoption("--exsa-report-dir")
     if report_dir is not None and Path(report_dir).exists() and not Path(report_dir).is_dir():
         raise pytest.UsageError(f"--exsa-report-dir {report_dir} exists and is not a directory")
 
 
 def _split_command(command: str, where: str) -> list[str]:
+    """The command as argv; ValueError with a message for a person when it cannot be split."""
     try:
         argv = shlex.split(command)
     except ValueError as exc:
-        raise pytest.UsageError(f"{where} {command!r}: {exc}") from None
+        raise ValueError(f"{where} {command!r}: {exc}") from None
     if not argv:
-        raise pytest.UsageError(f"{where} is empty: give the command that starts the engine")
+        raise ValueError(f"{where} is empty: give the command that starts the engine")
     return argv
 
 
@@ -103,12 +107,18 @@ def _manager(request: pytest.FixtureRequest) -> EngineManager:
 
         option = config.getoption("--exsa-report-dir")
         report_dir = Path(option).resolve() if option else None
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "")
         if report_dir is not None:
             root = report_dir / "engines"
         else:
             factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
             root = factory.mktemp("exsa-engines")
-        manager = EngineManager(root, float(config.getoption("--exsa-ready-timeout")), report_dir)
+        manager = EngineManager(
+            root,
+            float(config.getoption("--exsa-ready-timeout")),
+            report_dir,
+            prefix=f"{worker}-" if worker else "",
+        )
         config.stash[_MANAGER] = manager
     manager.current = request.node.nodeid
     return manager
@@ -143,10 +153,16 @@ def _engine_for_test(
 @pytest.fixture
 def exsa_engine(request: pytest.FixtureRequest) -> str:
     """The engine given by `--exsa-engine`, ready and checked; its base URL (a `str`)."""
-    command = request.config.getoption("--exsa-engine") or os.environ.get("EXSA_ENGINE_CMD")
+    command = request.config.getoption("--exsa-engine")
+    where = "--exsa-engine"
+    if not command:
+        command, where = os.environ.get("EXSA_ENGINE_CMD"), "EXSA_ENGINE_CMD"
     if not command:
         pytest.skip("no engine command: pass --exsa-engine CMD (or set EXSA_ENGINE_CMD)")
-    argv = _split_command(str(command), "--exsa-engine")
+    try:
+        argv = _split_command(str(command), where)
+    except ValueError as exc:
+        pytest.fail(f"exsa-doctor: {exc}", pytrace=False)
     scope = str(request.config.getoption("--exsa-engine-scope"))
     return _engine_for_test(request, argv, scope, in_setup=True)
 

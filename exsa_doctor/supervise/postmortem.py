@@ -15,7 +15,6 @@ gone) ask the same questions of the engine they started:
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import os
 import signal
@@ -209,10 +208,3 @@ def failure_target(
         logs += (Path(name),)
         inline[name] = ("\n".join(ended.kernel.lines) + "\n").encode()
     return replace(target, logs=logs, pids=(pid,), failed_at=failed_at, inline_logs=inline)
-
-
-def close_quietly(fd: int | None) -> None:
-    """Close a descriptor that may already be gone."""
-    if fd is not None:
-        with contextlib.suppress(OSError):
-            os.close(fd)

@@ -334,3 +334,34 @@ def test_without_the_fixture_the_plugin_does_nothing(pytester: pytest.Pytester) 
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
     assert "exsa-doctor report" not in out and "engines started" not in out
+
+
+def test_an_engine_command_that_cannot_run_is_a_clear_failure(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    pytester.makepyfile(test_inner="def test_x(exsa_engine):\n    pass\n")
+    missing = tmp_path / "no-such-engine"
+    result = pytester.runpytest_subprocess(f"--exsa-engine={missing} -m model.gguf", timeout=120)
+    result.assert_outcomes(errors=1)
+    out = result.stdout.str()
+    assert "the engine did not come up" in out and str(missing) in out
+    assert "Traceback" not in out
+    monkeypatch.setenv("EXSA_ENGINE_CMD", "'unbalanced")
+    result = pytester.runpytest_subprocess(timeout=120)
+    result.assert_outcomes(errors=1)
+    assert (
+        "EXSA_ENGINE_CMD" in result.stdout.str() and "No closing quotation" in result.stdout.str()
+    )
+
+
+def test_a_report_dir_kept_from_an_earlier_run_keeps_each_runs_logs_apart(
+    pytester: pytest.Pytester, session_env: Path, tmp_path: Path
+) -> None:
+    pytester.makepyfile(helpers=RECORD, test_inner="def test_x(exsa_engine):\n    assert False\n")
+    reports = tmp_path / "reports"
+    for _ in range(2):
+        run_inner(pytester, f"--exsa-report-dir={reports}").assert_outcomes(failed=1)
+    logs = sorted((reports / "engines").glob("*/engine.log"))
+    assert len(logs) == 2
+    assert all(log.read_text().count("Model loaded successfully") == 1 for log in logs)
+    assert len(list((reports / "failures").iterdir())) == 2
