@@ -302,7 +302,7 @@ class ManagedEngine:
         elif d.during:
             where = f"earlier, during {d.during}"
         elif d.after:
-            where = f"between tests, after {d.after}"
+            where = f"after {d.after} ended"
         else:
             where = "before any test used it"
         when = f" (seen at {iso_utc(d.seen_at)})" if d.seen_at else ""
@@ -388,7 +388,7 @@ class EngineManager:
         self.ready_timeout_s = ready_timeout_s
         self.report_dir = report_dir
         self.engines: dict[tuple[tuple[str, ...], str], ManagedEngine] = {}
-        self.current: str | None = None  # the test running now
+        self.current: str | None = None  # the test whose body or teardown runs now
         self.last_finished: str | None = None
         self.started = 0
         self.published: list[str] = []  # nodeids whose report went out

@@ -120,7 +120,6 @@ def _manager(request: pytest.FixtureRequest) -> EngineManager:
             prefix=f"{worker}-" if worker else "",
         )
         config.stash[_MANAGER] = manager
-    manager.current = request.node.nodeid
     return manager
 
 
@@ -191,14 +190,11 @@ def exsa_engine_factory(request: pytest.FixtureRequest) -> Callable[..., str]:
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
+def pytest_runtest_call(item: pytest.Item) -> None:
     manager = item.config.stash.get(_MANAGER, None)
     if manager is not None:
-        manager.current = item.nodeid  # an engine that dies now dies during this test
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_call(item: pytest.Item) -> None:
+        # from now on a death is this test's; one seen during its setup came before it began
+        manager.current = item.nodeid
     broken = item.stash.get(_BROKEN, None)
     if broken is not None:
         pytest.fail(broken, pytrace=False)
