@@ -23,10 +23,11 @@ renderers are imported by the function that needs them.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,7 +38,8 @@ if TYPE_CHECKING:
     from exsa_doctor.model import Diagnosis, Finding
     from exsa_doctor.probes.base import Probe
     from exsa_doctor.profiles import Profile
-    from exsa_doctor.supervise.run import RunOptions
+    from exsa_doctor.supervise.postmortem import EngineExit, Liveness
+    from exsa_doctor.supervise.run import Runner, RunOptions
     from exsa_doctor.supervise.wait import Reporter, WaitResult
     from exsa_doctor.target import Target
 
@@ -48,6 +50,7 @@ __all__ = [
     "UsageError",
     "WaitOutcome",
     "diagnose",
+    "diagnose_engine",
     "make_target",
     "run",
     "run_command",
@@ -284,7 +287,12 @@ class EngineStartError(RuntimeError):
 
 @dataclass(frozen=True)
 class RunningEngine:
-    """An engine `run` started and found ready."""
+    """An engine `run` started and found ready.
+
+    While the block runs, `exit_status()`, `liveness()` and `ended()` say whether it still
+    serves and how it ended; `diagnose_engine` diagnoses it at the moment something failed.
+    `engine_log` is where its log is (the temporary one too, until the block ends).
+    """
 
     url: str
     host: str
@@ -292,6 +300,36 @@ class RunningEngine:
     pid: int
     profile: str
     log: Path | None
+    engine_log: Path | None = None
+    _runner: Runner | None = field(default=None, repr=False, compare=False)
+
+    def exit_status(self) -> int | None:
+        """None while it runs; its exit code once it exited (negative: killed by that signal)."""
+        child = self._runner.state.engine if self._runner is not None else None
+        return child.exit_status() if child is not None else None
+
+    def liveness(self, timeout_s: float = 5.0) -> Liveness:
+        """Alive, and does its health route answer? (one request to it, bounded by `timeout_s`)"""
+        from exsa_doctor.supervise.postmortem import Liveness, check_liveness
+        from exsa_doctor.supervise.signals import exit_fd
+
+        if self._runner is None or self._runner.target is None:
+            return Liveness(None, False, "not started by api.run")
+        fd = exit_fd(self.pid) if self.exit_status() is None else None
+        try:
+            return check_liveness(
+                self._runner.target, self.exit_status, timeout_s=timeout_s, exit_fd=fd
+            )
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def ended(self) -> EngineExit | None:
+        """How it ended (status, signal, the kernel's OOM-killer record); None while it runs."""
+        from exsa_doctor.supervise.postmortem import engine_exit
+
+        status = self.exit_status()
+        return None if status is None else engine_exit(self.pid, status)
 
 
 def run_options(
@@ -424,6 +462,39 @@ def run(
             pid=started.pid,
             profile=runner.profile.name,
             log=runner.state.log_path if runner.state.temp_dir is None else None,
+            engine_log=runner.state.log_path,
+            _runner=runner,
         )
     finally:
         runner.stop()
+
+
+def diagnose_engine(
+    engine: RunningEngine, *, failed_at: float | str | None = None, timeout_s: float = 10.0
+) -> Diagnosis:
+    """Diagnose an engine `run` started, at the moment a client of it failed.
+
+    The diagnosis reads the engine's own log, knows its PID, and places `failed_at` (when the
+    request or test failed: epoch seconds, or ISO 8601 text) on the engine's timeline. When the
+    engine has exited it is reaped first (so it shows as exited, not as a zombie of ours) and,
+    if SIGKILL ended it, the kernel's OOM-killer record of its PID is read as one more log.
+    """
+    from exsa_doctor.supervise.postmortem import failure_target
+    from exsa_doctor.target import check_seconds, parse_time
+
+    runner = engine._runner
+    if runner is None or runner.target is None:
+        raise UsageError("diagnose_engine needs an engine that api.run started")
+    check_seconds("timeout_s", timeout_s, 3600)
+    when = parse_time(failed_at) if isinstance(failed_at, str) else failed_at
+    ended = engine.ended()
+    if ended is not None:
+        runner.reap_engine()
+    target = failure_target(
+        replace(runner.target, timeout_s=timeout_s),
+        log=engine.engine_log,
+        pid=engine.pid,
+        failed_at=when,
+        ended=ended,
+    )
+    return diagnose(target)

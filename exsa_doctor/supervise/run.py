@@ -528,7 +528,10 @@ class Runner:
         if isinstance(engine, int):
             return engine
         if self.opts.then is not None:
-            return self._run_then(self.opts.then, engine)
+            code = self._run_then(self.opts.then, engine)
+            if code != EXIT_OK:
+                self._report_then_failure(engine, code, failed_at=time.time())
+            return code
         return self._stay(engine)
 
     def start(self) -> Child | int:
@@ -661,6 +664,31 @@ class Runner:
         status = then.exit_status()
         assert status is not None
         return status if status >= 0 else 128 - status
+
+    def _report_then_failure(self, engine: Child, code: int, failed_at: float) -> None:
+        """--then failed: diagnose the engine as it was then (its log, its PID, that moment)."""
+        from exsa_doctor.supervise.postmortem import engine_exit, failure_target
+
+        assert self.target is not None
+        status = engine.exit_status()
+        ended = None if status is None else engine_exit(engine.pid, status)
+        if ended is not None:
+            self._stop_engine()  # reaps it, so it shows as exited, not as a zombie
+            how = f"the engine (PID {engine.pid}) {ended.describe()}"
+            note = ended.kernel_note()
+            how += f"; {note}" if note else ""
+        else:
+            how = f"the engine (PID {engine.pid}) is still running"
+        self.say(f"--then failed with exit code {code}; {how}. The doctor's diagnosis:")
+        target = failure_target(
+            self.target, log=self.state.log_path, pid=engine.pid, failed_at=failed_at, ended=ended
+        )
+        self._diagnose_and_report(target, None)
+        self._print_log_tail()
+
+    def reap_engine(self) -> GroupStop | None:
+        """Stop the engine's group now (after it exited: reap it); the rest waits for teardown."""
+        return self._stop_engine()
 
     def _stay(self, engine: Child) -> int:
         self.say("staying in the foreground; Ctrl-C stops the engine")
