@@ -468,7 +468,9 @@ def bundle(
     diagnosis = api.diagnose(target, probes=selected, keep=kept)
     # the processes the probes already read (memoised in the run's context), not a second walk;
     # only when the run never read them (--probe) or was cut short, read them now
-    engines, complete = kept[0].engines()
+    from exsa_doctor.facts import engines as engines_of
+
+    engines, complete = engines_of(kept[0])
     if not complete:
         import time as _time
 

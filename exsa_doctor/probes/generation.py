@@ -18,15 +18,11 @@ from dataclasses import dataclass, replace
 import httpx
 
 from exsa_doctor.context import Context
+from exsa_doctor.facts import health
+from exsa_doctor.httpcheck import CONNECT_TIMEOUT_S, bounded_client, describe_failure
 from exsa_doctor.model import Level
 from exsa_doctor.parsers.sse import GenerationDecoder
 from exsa_doctor.probes.base import Probe, ProbeOutput
-from exsa_doctor.probes.health import (
-    CONNECT_TIMEOUT_S,
-    bounded_client,
-    describe_failure,
-    observe_health,
-)
 from exsa_doctor.target import Target
 
 MAX_STREAM_BYTES = 4 * 1024 * 1024
@@ -238,7 +234,7 @@ class GenerationProbe(Probe):
         if wanted is False:
             return "generation turned off (--no-generate)"
         if wanted is None:
-            obs = observe_health(ctx)
+            obs = health(ctx)
             if not obs.ready:
                 return f"the health endpoint is not ready ({obs.label}); --generate forces it"
         return None

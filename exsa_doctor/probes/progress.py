@@ -31,11 +31,17 @@ from pathlib import Path
 import psutil
 
 from exsa_doctor.context import Context
+from exsa_doctor.facts import (
+    engine_ports,
+    health,
+    live,
+    model_path,
+    target_engines,
+)
+from exsa_doctor.httpcheck import check_health
 from exsa_doctor.model import Level
 from exsa_doctor.oslayer.types import EngineProcess
 from exsa_doctor.probes.base import Probe, ProbeOutput
-from exsa_doctor.probes.health import check_health, observe_health
-from exsa_doctor.probes.modelfile import model_path
 
 DEFAULT_WINDOW_S = 0.6
 CONNECT_EVERY_S = 0.1
@@ -219,13 +225,13 @@ class Watch:
 
 
 def _model_path(ctx: Context, engines: Sequence[EngineProcess]) -> str | None:
-    """The model under diagnosis (the model probe's answer), else this engine's own."""
+    """The model under diagnosis (`facts.model_path`), else this engine's own."""
     found = model_path(ctx)
     return found[0] if found is not None else next((e.model for e in engines if e.model), None)
 
 
 def live_engines(ctx: Context) -> list[EngineProcess]:
-    return [e for e in ctx.target_engines() if e.info.state not in ("zombie", "dead")]
+    return live(target_engines(ctx))
 
 
 class ProgressProbe(Probe):
@@ -249,9 +255,10 @@ class ProgressProbe(Probe):
     )
 
     def applies(self, ctx: Context) -> str | None:
-        if not live_engines(ctx):
+        engines = live_engines(ctx)
+        if not engines:
             return "no live engine process to watch"
-        if ctx.target.watch_s == 0 and observe_health(ctx).ready:
+        if ctx.target.watch_s == 0 and health(ctx).ready:
             return "the engine already serves (use --watch to watch it anyway)"
         return None
 
@@ -439,10 +446,5 @@ class ProgressProbe(Probe):
 
 def _listens_anywhere(ctx: Context, pids: list[int]) -> bool:
     """An engine that listens (on any port) has finished loading: idle, not stalled."""
-    from exsa_doctor.oslayer.sockets import listening_ports_of
-
-    try:
-        ports = listening_ports_of(pids, ctx.deadline - 0.1)
-    except OSError:
-        return False
+    ports = engine_ports(ctx)
     return any(ports.get(pid) for pid in pids)

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from exsa_doctor.context import Context
+from exsa_doctor.facts import health as observe_health
 from exsa_doctor.model import Finding
-from exsa_doctor.probes.health import HealthProbe, observe_health
+from exsa_doctor.probes.health import HealthProbe
 from exsa_doctor.target import resolve_target
 from tests.support import hostile_server as hs
 

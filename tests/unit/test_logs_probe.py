@@ -18,10 +18,11 @@ import psutil
 import pytest
 
 from exsa_doctor.context import Context
+from exsa_doctor.facts import last_log_start, log_report, target_engines
 from exsa_doctor.model import Finding
 from exsa_doctor.parsers.logs import HEAD_BYTES, MAX_TAIL_BYTES, LogReport
 from exsa_doctor.probes.base import ProbeOutput
-from exsa_doctor.probes.logs import LogsProbe, last_start_time, log_report
+from exsa_doctor.probes.logs import LogsProbe
 from exsa_doctor.target import resolve_target
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -481,10 +482,10 @@ def test_elapsed_log_anchored_on_the_engine_create_time(
     ctx = make_ctx(
         [log], url="http://127.0.0.1:8080", profile="llama-server", pids=[fake_llama_server.pid]
     )
-    assert [e.pid for e in ctx.target_engines()] == [fake_llama_server.pid]
+    assert [e.pid for e in target_engines(ctx)] == [fake_llama_server.pid]
     found, _ = run_probe(ctx)
     assert found["logs.started"].data["t"] == pytest.approx(created + 0.000844, abs=1e-4)
-    assert last_start_time(ctx) == pytest.approx(created + 0.000844, abs=1e-4)
+    assert last_log_start(ctx) == pytest.approx(created + 0.000844, abs=1e-4)
 
 
 def test_engine_that_cannot_have_written_the_log_is_not_the_anchor(
@@ -526,7 +527,7 @@ def test_last_start_time_is_the_newest_across_logs_and_memoised(tmp_path: Path) 
     a = write(tmp_path / "a.log", healthy_run(utc(2025, 1, 1, 0, 0, 0)))
     b = write(tmp_path / "b.log", healthy_run(utc(2025, 1, 2, 0, 0, 0)))
     ctx = make_ctx([a, tmp_path / "gone.log", b])
-    assert last_start_time(ctx) == pytest.approx(utc(2025, 1, 2, 0, 0, 0))
+    assert last_log_start(ctx) == pytest.approx(utc(2025, 1, 2, 0, 0, 0))
     b.write_text("")  # a second call reads nothing again
-    assert last_start_time(ctx) == pytest.approx(utc(2025, 1, 2, 0, 0, 0))
-    assert last_start_time(make_ctx([])) is None
+    assert last_log_start(ctx) == pytest.approx(utc(2025, 1, 2, 0, 0, 0))
+    assert last_log_start(make_ctx([])) is None

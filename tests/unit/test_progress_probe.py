@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from exsa_doctor.context import Context
+from exsa_doctor.facts import target_engines
 from exsa_doctor.model import Finding
 from exsa_doctor.probes.progress import (
     ProgressProbe,
@@ -137,7 +138,7 @@ def test_skipped_without_an_engine_or_when_already_serving(children: hs.Children
         deadline=time.monotonic() + 5,
     )
     # no --pid and (on a test machine) no exsa-engine process: nothing to watch
-    if not ctx.target_engines():
+    if not target_engines(ctx):
         assert ProgressProbe().applies(ctx) == "no live engine process to watch"
     child = children.python(SLEEPER)
     hs.wait_line(child, b"ready")
