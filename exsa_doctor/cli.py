@@ -674,7 +674,7 @@ def wait(
         ready_marker=ready_marker,
         process_name=process_name,
     )
-    from exsa_doctor.supervise import wait as waiting
+    from exsa_doctor.supervise.report import render_failure, reporter_for, stderr_write
 
     with usage_errors():
         outcome = api.wait(
@@ -682,14 +682,13 @@ def wait(
             timeout_s=timeout,
             pids=tuple(pid or ()),
             logs=tuple(log or ()),
-            reporter=waiting.reporter_for(sys.stderr),
+            reporter=reporter_for(sys.stderr),
         )
-    waiting.stderr_write(f"exsa-doctor wait: {outcome.summary}\n")
+    stderr_write(f"exsa-doctor wait: {outcome.summary}\n")
     if outcome.diagnosis is None:
-        waiting.exit_now_if_program(EXIT_HEALTHY)
-        raise typer.Exit(EXIT_HEALTHY)
-    waiting.render_failure(outcome.diagnosis, waiting.stderr_write)
-    waiting.stderr_write(f"exsa-doctor wait: {outcome.summary}\n")
+        finish(EXIT_HEALTHY)
+    render_failure(outcome.diagnosis, stderr_write)
+    stderr_write(f"exsa-doctor wait: {outcome.summary}\n")
     raise typer.Exit(EXIT_UNHEALTHY)
 
 
