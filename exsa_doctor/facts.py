@@ -8,7 +8,7 @@ facts; they never import each other.
 
 - `engines`, `target_engines` (the one rule for the engines of this target): the processes, port,
   model, logs, progress and stack probes, and the support bundle;
-- `engine_ports` (what each live engine listens on): port, progress;
+- `engine_ports` (what each live engine listens on), `loaded_elsewhere`: port, progress, stack;
 - `port_listeners` (the sockets on a port, with their owners): port, the target rule, the bundle;
 - `health` (the one health request): health, generation, progress, stack;
 - `model_path`, `model_holders`: model, progress, stack, the bundle;
@@ -145,6 +145,44 @@ def engine_ports(ctx: Context) -> dict[int, list[tuple[str, int]]]:
             return {pid: [] for pid in pids}
 
     return ctx.shared("engine_ports", compute)
+
+
+def serving_elsewhere(ctx: Context, engine: EngineProcess) -> list[tuple[str, int]]:
+    """Where an engine that has finished loading serves, other than the target port.
+
+    Empty unless the engine listens only on other ports and its profile listens only once its
+    model is loaded (`Profile.listens_when_loaded`): such an engine is not loading and not stuck
+    in a load, whatever the target port says.
+    """
+    from exsa_doctor.profiles import ProfileError, load_builtin
+
+    ports = engine_ports(ctx).get(engine.pid, [])
+    if not ports or any(port == ctx.target.port for _, port in ports):
+        return []
+    try:
+        profile = (
+            ctx.target.profile
+            if engine.profile == ctx.target.profile.name
+            else load_builtin(engine.profile)
+        )
+    except ProfileError:
+        return []
+    return ports if profile.listens_when_loaded else []
+
+
+def loaded_elsewhere(ctx: Context, found: list[EngineProcess]) -> str | None:
+    """Why there is no load to watch when every engine serves on another port, having loaded
+    (its profile listens only once loaded); None when one of them may still be loading."""
+    where = [(e, serving_elsewhere(ctx, e)) for e in found]
+    if not where or not all(ports for _, ports in where):
+        return None
+    engine, ports = where[0]
+    address, port = ports[0]
+    shown = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    return (
+        f"PID {engine.pid} listens on {shown}: {engine.profile} listens only once its model is "
+        "loaded, so it is not loading"
+    )
 
 
 # ------------------------------------------------------------------------------ sockets

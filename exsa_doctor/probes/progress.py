@@ -10,6 +10,8 @@ samples the target engine over a window and watches:
 - the port: a cheap TCP connect every ~100 ms (refused -> listening), and one health GET when
   the connect succeeds (listening -> healthy).
 
+An engine that serves on another port after loading (its profile listens only once loaded) has
+no load to watch, and is skipped unless `--watch` asks (`facts.loaded_elsewhere`).
 The window is short (~0.6 s) in a plain run and `--watch` seconds otherwise, never past the run's
 deadline; it stops early once the answer is certain (the engine became ready, or, when not
 watching, it clearly makes progress). Finding ids: progress.loading, progress.stalled,
@@ -35,6 +37,7 @@ from exsa_doctor.facts import (
     engine_ports,
     health,
     live,
+    loaded_elsewhere,
     model_path,
     target_engines,
 )
@@ -260,6 +263,9 @@ class ProgressProbe(Probe):
             return "no live engine process to watch"
         if ctx.target.watch_s == 0 and health(ctx).ready:
             return "the engine already serves (use --watch to watch it anyway)"
+        loaded = loaded_elsewhere(ctx, engines) if ctx.target.watch_s == 0 else None
+        if loaded is not None:
+            return f"{loaded} (use --watch to watch it anyway)"
         return None
 
     def run(self, ctx: Context) -> ProbeOutput:

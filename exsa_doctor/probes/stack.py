@@ -12,9 +12,10 @@ arguments) tell:
 Python engines also get a `py-spy dump` (bounded in time and output; py-spy can hang, so its
 process is killed by PID on timeout); others a wchan summary -> stack.dump.
 
-Runs only when a target engine is alive and the health endpoint is not ready. Linux only for the
-thread states; elsewhere only the py-spy dump is attempted. The lock table and the model's
-holders are the run's shared facts.
+Runs only when a target engine is alive, the health endpoint is not ready, and the engine does
+not serve on another port after loading (`facts.loaded_elsewhere`: nothing is stuck there). Linux
+only for the thread states; elsewhere only the py-spy dump is attempted. The lock table and the
+model's holders are the run's shared facts.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from exsa_doctor.context import Context
 from exsa_doctor.facts import (
     health,
     live,
+    loaded_elsewhere,
     lock_table,
     model_holders,
     model_path,
@@ -326,6 +328,9 @@ class StackProbe(Probe):
             return "no live engine process"
         if health(ctx).ready:
             return "the engine serves; nothing is stuck"
+        loaded = loaded_elsewhere(ctx, engines)
+        if loaded is not None:
+            return f"{loaded}; nothing is stuck"
         return None
 
     def run(self, ctx: Context) -> ProbeOutput:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -200,3 +201,40 @@ def test_no_stall_verdict_from_a_window_too_short_to_tell(children: hs.Children)
     ctx = make_ctx(child.pid, hs.free_port(), seconds=0.4)
     out = ProgressProbe().run(ctx)
     assert "progress.stalled" not in ids(out.findings)
+
+
+def _serving(children: hs.Children) -> tuple[subprocess.Popen[bytes], int]:
+    """A child that listens on a port of its own (an engine serving elsewhere), and that port."""
+    port = hs.free_port()
+    child = children.script(SERVER_SCRIPT, "--port", str(port))
+    assert hs.wait_until(lambda: port_state("127.0.0.1", port, 0.5) == "listening")
+    return child, port
+
+
+def test_an_engine_serving_on_another_port_after_its_load_is_not_watched(
+    children: hs.Children,
+) -> None:
+    # exsa-engine loads before it binds: listening anywhere means the load is over, so there is
+    # no load to watch at the target (the port probe names the other address)
+    child, port = _serving(children)
+    ctx = make_ctx(child.pid, hs.free_port())
+    reason = ProgressProbe().applies(ctx)
+    assert reason is not None and f"listens on 127.0.0.1:{port}" in reason, reason
+    assert "listens only once its model is loaded" in reason
+    # --watch asks to watch it anyway
+    assert ProgressProbe().applies(make_ctx(child.pid, hs.free_port(), watch_s=1.0)) is None
+
+
+def test_an_engine_that_binds_before_loading_is_watched_wherever_it_listens(
+    children: hs.Children,
+) -> None:
+    # llama-server binds first, then loads: listening elsewhere says nothing about its load
+    child, _port = _serving(children)
+    target = resolve_target(
+        url=f"http://127.0.0.1:{hs.free_port()}",
+        pids=(child.pid,),
+        profile="llama-server",
+        environ={},
+    )
+    ctx = Context(target=target, deadline=time.monotonic() + 10)
+    assert ProgressProbe().applies(ctx) is None

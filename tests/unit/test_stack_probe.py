@@ -171,6 +171,24 @@ def test_skipped_when_serving_or_without_an_engine(children: hs.Children) -> Non
         assert StackProbe().applies(ctx) == "no live engine process"
 
 
+def test_skipped_for_an_engine_serving_on_another_port_after_its_load(
+    children: hs.Children,
+) -> None:
+    # exsa-engine listens only once loaded: an instance serving elsewhere is not stuck anywhere
+    port = hs.free_port()
+    child = children.script(str(Path(hs.__file__).resolve()), "--port", str(port))
+    assert hs.wait_until(lambda: port in _listening_ports(child.pid))
+    reason = StackProbe().applies(make_ctx(child.pid))
+    assert reason is not None and f"listens on 127.0.0.1:{port}" in reason, reason
+    assert "nothing is stuck" in reason
+
+
+def _listening_ports(pid: int) -> set[int]:
+    from exsa_doctor.oslayer.sockets import listening_ports_of
+
+    return {p for _, p in listening_ports_of([pid])[pid]}
+
+
 def test_parse_stat_handles_parentheses_in_the_name() -> None:
     line = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 17 3 0 0 20 0 1 0"
     assert parse_stat(line) == ("S", 20)
