@@ -167,7 +167,7 @@ def diagnose(
     """
     from exsa_doctor import __version__
     from exsa_doctor.causes import load_causes
-    from exsa_doctor.model import Diagnosis, ProbeResult, ProbeStatus, TimelineEvent
+    from exsa_doctor.model import Diagnosis, EventKind, ProbeResult, ProbeStatus, TimelineEvent
     from exsa_doctor.runner import run_probes_for, target_vars
     from exsa_doctor.scoring import score, verdict
 
@@ -182,7 +182,9 @@ def diagnose(
     findings = [f for r in results for f in r.findings]
     timeline = [e for r in results for e in r.timeline]
     if target.failed_at is not None:
-        timeline.append(TimelineEvent(t=target.failed_at, source="client", event="request failed"))
+        timeline.append(
+            TimelineEvent(target.failed_at, "client", "request failed", EventKind.FAILED_REQUEST)
+        )
     timeline.sort(key=lambda e: e.t)
     added = observed_findings(findings, observations.findings) if observations else []
     if observations is not None and added:

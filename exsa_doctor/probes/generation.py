@@ -20,7 +20,7 @@ import httpx
 from exsa_doctor.context import Context
 from exsa_doctor.facts import health
 from exsa_doctor.httpcheck import CONNECT_TIMEOUT_S, bounded_client, describe_failure
-from exsa_doctor.model import Level
+from exsa_doctor.model import EventKind, Level
 from exsa_doctor.parsers.sse import GenerationDecoder
 from exsa_doctor.probes.base import Probe, ProbeOutput
 from exsa_doctor.target import Target
@@ -254,7 +254,7 @@ class GenerationProbe(Probe):
             read_s=budget,
         )
         out = ProbeOutput()
-        out.event(result.t, "probe", f"generation: {result.outcome}")
+        out.event(result.t, "probe", f"generation: {result.outcome}", EventKind.OBSERVATION)
         self._findings(result, budget, out)
         return out
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from exsa_doctor.context import Context
 from exsa_doctor.facts import health
 from exsa_doctor.httpcheck import HealthObservation
-from exsa_doctor.model import Level
+from exsa_doctor.model import EventKind, Level
 from exsa_doctor.parsers.health import MAX_BODY_BYTES, HealthAnswer, HealthState
 from exsa_doctor.probes.base import Probe, ProbeOutput
 
@@ -47,7 +47,7 @@ class HealthProbe(Probe):
     def run(self, ctx: Context) -> ProbeOutput:
         obs = health(ctx)
         out = ProbeOutput()
-        out.event(obs.t, "probe", f"health: {obs.label}")
+        out.event(obs.t, "probe", f"health: {obs.label}", EventKind.OBSERVATION)
         self._findings(obs, out)
         return out
 

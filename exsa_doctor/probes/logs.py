@@ -28,7 +28,7 @@ from typing import Any
 
 from exsa_doctor.context import Context
 from exsa_doctor.facts import Unreadable, log_report
-from exsa_doctor.model import Finding, Level
+from exsa_doctor.model import EventKind, Finding, Level
 from exsa_doctor.parsers.logs import LogEvent, LogReport, Run, split_address
 from exsa_doctor.probes.base import Probe, ProbeOutput
 from exsa_doctor.signatures import Chain, Hit, read_chain
@@ -190,7 +190,8 @@ class LogsProbe(Probe):
                 and f.id != "logs.bind_failed"
                 and isinstance(f.data.get("t"), float)
             ):
-                out.event(f.data["t"], "log", f"error: {f.summary}")
+                kind = _STAGE_KINDS.get(str(f.data.get("stage")), EventKind.ERROR)
+                out.event(f.data["t"], "log", f"error: {f.summary}", kind)
         out.detail = self._detail(reports, primary)
         return out
 
@@ -611,7 +612,7 @@ class LogsProbe(Probe):
                     else (_timeline_text(event, run) if event.marker == "bind_failed" else None)
                 )
                 if text:
-                    out.event(event.t, "log", text)
+                    out.event(event.t, "log", text, _MARKER_KINDS[event.marker])
 
     @staticmethod
     def _detail(reports: list[tuple[Path, LogReport]], primary: LogReport) -> str:
@@ -690,6 +691,26 @@ def _unprivileged_port_start() -> int:
 
 def _is_traceback(hits: tuple[Hit, ...]) -> bool:
     return any(h.signature.id == "generic.python-exception" for h in hits)
+
+
+# The milestone each timeline line of the log marks: by the profile marker that matched it, and
+# for the causal chain's root, by the start-up stage its signature names.
+_MARKER_KINDS = {
+    "start": EventKind.START,
+    "model_validated": EventKind.MODEL_VALIDATED,
+    "model_loading": EventKind.MODEL_LOADING,
+    "model_loaded": EventKind.MODEL_LOADED,
+    "binding": EventKind.HTTP_STARTING,
+    "listening": EventKind.LISTENING,
+    "bind_failed": EventKind.BIND_FAILED,
+    "shutdown": EventKind.SHUTDOWN,
+}
+_STAGE_KINDS = {
+    "model-open": EventKind.MODEL_ERROR,
+    "model-load": EventKind.MODEL_ERROR,
+    "weights": EventKind.MODEL_ERROR,
+    "bind": EventKind.BIND_FAILED,
+}
 
 
 def _timeline_text(event: LogEvent, run: Run) -> str | None:

@@ -23,7 +23,7 @@ import psutil
 
 from exsa_doctor.context import Context
 from exsa_doctor.facts import engine_ports, engines, last_log_start, meant_for_port, port_listeners
-from exsa_doctor.model import Level
+from exsa_doctor.model import EventKind, Level
 from exsa_doctor.oslayer.files import same_file
 from exsa_doctor.oslayer.procs import engine_from, identify, output_file_of
 from exsa_doctor.oslayer.sockets import resolve_localhost
@@ -404,6 +404,7 @@ class PortProbe(Probe):
                 owner.started,
                 "port",
                 f"PID {ls.pid} ({owner.name or '?'}) started; it listens on {address}",
+                EventKind.PORT_HOLDER,
             )
         if engine is None:
             out.add(

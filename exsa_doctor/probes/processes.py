@@ -17,7 +17,7 @@ import psutil
 
 from exsa_doctor.context import Context
 from exsa_doctor.facts import engines, target_engines
-from exsa_doctor.model import Level
+from exsa_doctor.model import EventKind, Level
 from exsa_doctor.oslayer.types import EngineProcess
 from exsa_doctor.probes.base import Probe, ProbeOutput
 
@@ -171,7 +171,7 @@ class ProcessesProbe(Probe):
             for e in live_meant:
                 if e.info.create_time is not None:
                     started = f"engine process started (PID {e.pid})"
-                    out.event(e.info.create_time, self.name, started)
+                    out.event(e.info.create_time, self.name, started, EventKind.START)
             age = now - chosen.info.create_time if chosen.info.create_time is not None else None
             if age is not None and age < YOUNG_S:
                 out.add(

@@ -42,7 +42,7 @@ from exsa_doctor.facts import (
     target_engines,
 )
 from exsa_doctor.httpcheck import check_health
-from exsa_doctor.model import Level
+from exsa_doctor.model import EventKind, Level
 from exsa_doctor.oslayer.types import EngineProcess
 from exsa_doctor.probes.base import Probe, ProbeOutput
 
@@ -299,7 +299,9 @@ class ProgressProbe(Probe):
             after = round(time.monotonic() - started, 3)
             if state:
                 transitions.append({"from": state, "to": new, "t": now_wall, "after_s": after})
-                out.event(now_wall, "probe", f"progress: {state} -> {new}")
+                # a port that opens is a milestone; the rest is what the probe saw
+                kind = EventKind.LISTENING if new == "listening" else EventKind.OBSERVATION
+                out.event(now_wall, "probe", f"progress: {state} -> {new}", kind)
             state = new
 
         while True:

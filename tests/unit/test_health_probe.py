@@ -52,6 +52,7 @@ def test_healthy_exsa_engine_is_ok_with_body_fields() -> None:
     assert f.data["latency_ms"] >= 0
     assert [e.event for e in out.timeline] == ["health: ready"]
     assert out.timeline[0].source == "probe"
+    assert out.timeline[0].kind.value == "observation"
 
 
 def test_refused_when_nothing_listens() -> None:

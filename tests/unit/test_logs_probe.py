@@ -531,3 +531,33 @@ def test_last_start_time_is_the_newest_across_logs_and_memoised(tmp_path: Path) 
     b.write_text("")  # a second call reads nothing again
     assert last_log_start(ctx) == pytest.approx(utc(2025, 1, 2, 0, 0, 0))
     assert last_log_start(make_ctx([])) is None
+
+
+@pytest.mark.parametrize(
+    ("log", "kinds"),
+    [
+        (
+            "healthy.log",
+            [
+                ("engine started (version 0.1.0)", "start"),
+                ("model validated", "model-validated"),
+                ("model loaded", "model-loaded"),
+                ("starting HTTP server on 127.0.0.1:32841", "http-starting"),
+                ("listening on 127.0.0.1:32841", "listening"),
+                ("shut down", "shutdown"),
+            ],
+        ),
+        ("bind-failed.log", [("bind failed: 127.0.0.1:47051", "bind-failed")]),
+        # the causal chain's root: its kind is its signature's stage (the model, or fatal)
+        ("model-error.log", [("error: the model file is truncated", "model-error")]),
+        ("mmap-failed.log", [("error: mapping the model file (mmap)", "model-error")]),
+        ("oom.log", [("error: allocating a buffer", "error")]),
+    ],
+)
+def test_timeline_events_carry_the_milestone_of_their_line(
+    log: str, kinds: list[tuple[str, str]]
+) -> None:
+    _, out = run_probe(make_ctx([FIXTURES / "exsa-engine" / log]))
+    for words, kind in kinds:
+        (event,) = [e for e in out.timeline if e.event.startswith(words)]
+        assert event.kind.value == kind, (words, event)

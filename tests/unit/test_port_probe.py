@@ -152,6 +152,7 @@ def test_foreign_program_holds_the_port(engines: Engines) -> None:
     # the listener's start time is on the timeline
     (event,) = [e for e in out.timeline if f"PID {pid}" in e.event]
     assert abs(event.t - proc.create_time()) < 0.01
+    assert event.kind.value == "port-holder"
 
 
 def test_engine_listens(engines: Engines) -> None:

@@ -263,6 +263,7 @@ def test_running_instance_named_by_pid(engines: Engines) -> None:
     events = [e for e in out.timeline if f"PID {pid}" in e.event]
     assert len(events) == 1
     assert events[0].event == f"engine process started (PID {pid})"
+    assert events[0].kind.value == "start"
     assert abs(events[0].t - psutil.Process(pid).create_time()) < 0.01
 
 

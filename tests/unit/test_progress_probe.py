@@ -130,6 +130,8 @@ def test_an_engine_that_starts_serving_while_watched_became_ready(
         "progress: refused -> listening",
         "progress: listening -> healthy",
     ]
+    # the port opening is a milestone; what the probe saw after it is an observation
+    assert [e.kind.value for e in out.timeline] == ["listening", "observation"]
     assert "progress.stalled" not in found
 
 
