@@ -47,9 +47,6 @@ class Target:
     watch_s: float = 0.0
     generate: bool | None = None  # None: only when health is OK
     timeout_s: float = 10.0
-    url_explicit: bool = False
-    port_explicit: bool = False
-    extra: Mapping[str, str] = field(default_factory=dict)
     # a log read on its own (support's pasted log): nothing of this machine is evidence
     offline: bool = False
     # logs that arrived as bytes, not files (`--log -`): name -> what was read
@@ -202,11 +199,9 @@ def resolve_target(
         if pid <= 0:
             raise UsageError(f"--pid {pid}: a PID is a positive number")
     chosen, reason = choose_profile(profile, profile_file)
-    url_explicit = url is not None or "EXSA_URL" in env
     url_option = "--url"
     if url is None and env.get("EXSA_URL") is not None:
         url, url_option = env["EXSA_URL"], "EXSA_URL"
-    port_explicit = port is not None or url is not None or "PORT" in env
     if url is None:
         env_port = env.get(chosen.port_env or "PORT") or env.get("PORT")
         chosen_port = port or _int_or_none(env_port) or chosen.default_port
@@ -242,8 +237,6 @@ def resolve_target(
         watch_s=watch_s,
         generate=generate,
         timeout_s=timeout_s,
-        url_explicit=url_explicit,
-        port_explicit=port_explicit,
     )
 
 
