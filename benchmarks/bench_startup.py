@@ -196,7 +196,7 @@ def main() -> None:
 
 def run_all(columns: list[Column], repeat: int, where: Path) -> None:
     model = where / "model.gguf"
-    from exsa_doctor.standin.ggufmake import write_gguf
+    from exsa_doctor.demo.standin.ggufmake import write_gguf
 
     write_gguf(model)
     port, empty_port = free_port(), free_port()

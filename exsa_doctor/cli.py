@@ -612,10 +612,10 @@ def demo(
     ] = None,
 ) -> None:
     """Build a real failure on this machine (stand-in engine), diagnose it, clean up."""
-    from exsa_doctor.scenarios import BUILDERS
+    from exsa_doctor.demo.scenarios import BUILDERS
 
     if list_scenarios:
-        from exsa_doctor.scenarios import EXPECTED_CAUSE
+        from exsa_doctor.demo.scenarios import EXPECTED_CAUSE
 
         for name in BUILDERS:
             sys.stdout.write(f"{name:<20} -> {EXPECTED_CAUSE[name] or '(healthy)'}\n")
@@ -625,7 +625,7 @@ def demo(
     if timeout <= 0 or timeout > 3600:
         fail_usage("--timeout must be between 0 and 3600 seconds")
     from exsa_doctor.demo import run_demo
-    from exsa_doctor.scenarios import ScenarioError
+    from exsa_doctor.demo.scenarios import ScenarioError
 
     try:
         if watch is not None and not 0 <= watch <= 600:

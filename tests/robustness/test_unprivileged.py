@@ -216,7 +216,7 @@ time.sleep(600)
 
 
 def test_model_locked_by_root_process(procs: Procs, world_dir: Path) -> None:
-    from exsa_doctor.standin.ggufmake import write_gguf
+    from exsa_doctor.demo.standin.ggufmake import write_gguf
 
     model = world_dir / "model.gguf"
     write_gguf(model)

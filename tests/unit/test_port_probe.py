@@ -171,7 +171,7 @@ def test_engine_listens(engines: Engines) -> None:
 
 
 def test_standin_engine_listens(engines: Engines, tmp_path: Path) -> None:
-    from exsa_doctor.standin.ggufmake import write_gguf
+    from exsa_doctor.demo.standin.ggufmake import write_gguf
 
     model = tmp_path / "m.gguf"
     write_gguf(model, n_tensors=1, tensor_elems=1024)

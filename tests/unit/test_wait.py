@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from exsa_doctor.standin.ggufmake import write_gguf
+from exsa_doctor.demo.standin.ggufmake import write_gguf
 from exsa_doctor.supervise.report import SilentReporter
 from exsa_doctor.supervise.transport import resolve, try_connect
 from exsa_doctor.supervise.wait import Outcome, WaitRequest, wait_ready
@@ -64,7 +64,7 @@ def start_standin(
     )
     with open(log, "wb") as fh:
         return subprocess.Popen(
-            [sys.executable, "-m", "exsa_doctor.standin"],
+            [sys.executable, "-m", "exsa_doctor.demo.standin"],
             env=env,
             stdout=fh,
             stderr=subprocess.STDOUT,
