@@ -261,13 +261,13 @@ STDIN_LOG = "<stdin>"
 
 def _check_logs(log: list[Path] | None) -> dict[str, bytes]:
     """Every --log must be a readable, non-empty file; `-` reads standard input (returned)."""
-    from exsa_doctor.parsers.logs import read_stream
-
     inline: dict[str, bytes] = {}
     for path in log or ():
         if str(path) == "-":
             if STDIN_LOG in inline:
                 fail_usage("--log - can be given once")
+            from exsa_doctor.parsers.logs import read_stream
+
             data = read_stream(sys.stdin.buffer).data
             if not data.strip():
                 fail_usage(

@@ -36,8 +36,11 @@ if TYPE_CHECKING:
     from exsa_doctor.oslayer.files import LockTable
     from exsa_doctor.parsers.logs import LogBytes, LogReport
     from exsa_doctor.profiles import Profile
+    from exsa_doctor.target import Sighting
 
 _GONE = ("zombie", "dead")
+# How old what engine detection read may be and still stand for the run's own reading.
+_SIGHTING_FRESH_S = 0.5
 _HOLDERS_BUDGET_S = 2.5
 # How far an engine's create time may sit before the start its log implies (stamps written
 # later than the newest elapsed one push the file's mtime on) and still be that log's writer.
@@ -63,12 +66,27 @@ def _profiles_for(target_profile: Profile) -> list[Profile]:
     return [target_profile, *others]
 
 
+def _sighting(ctx: Context) -> Sighting | None:
+    """What detection read for this target just before the run, while it is fresh."""
+    seen = ctx.target.sighting
+    if seen is None or time.monotonic() - seen.taken > _SIGHTING_FRESH_S:
+        return None
+    return seen if seen.pids == ctx.target.pids else None
+
+
 def engines(ctx: Context) -> tuple[list[EngineProcess], bool]:
-    """All engine instances (any built-in profile, plus the target's), and completeness."""
+    """All engine instances (any built-in profile, plus the target's), and completeness.
+
+    Engine detection walked the processes moments before the run (`Target.sighting`): while that
+    walk is fresh and identified processes in the same profile order, it is this fact.
+    """
     from exsa_doctor.oslayer.procs import find_engines
 
     def compute() -> tuple[list[EngineProcess], bool]:
         profiles = _profiles_for(ctx.target.profile)
+        seen = _sighting(ctx)
+        if seen is not None and seen.profiles == tuple(p.name for p in profiles):
+            return list(seen.engines), True
         # leave a little of the budget to the probes that read this
         return find_engines(profiles, deadline=ctx.deadline - 0.2, extra_pids=ctx.target.pids)
 
@@ -189,11 +207,20 @@ def loaded_elsewhere(ctx: Context, found: list[EngineProcess]) -> str | None:
 
 
 def port_listeners(ctx: Context, port: int, deadline: float | None = None) -> ListenerScan:
-    """The one scan of `port` per run: every socket listening on it or bound to it, with owners."""
+    """The one scan of `port` per run: every socket listening on it or bound to it, with owners
+    (detection's own scan of the target port, complete and fresh, stands for it)."""
     from exsa_doctor.oslayer.sockets import listeners_of
 
     limit = ctx.deadline - 0.2 if deadline is None else deadline
-    return ctx.shared(f"listeners:{port}", lambda: listeners_of(port, limit))
+
+    def compute() -> ListenerScan:
+        seen = _sighting(ctx)
+        scan = seen.listeners if seen is not None else None
+        if scan is not None and scan.port == port and scan.complete:
+            return scan
+        return listeners_of(port, limit)
+
+    return ctx.shared(f"listeners:{port}", compute)
 
 
 def listening_pids(ctx: Context, port: int) -> set[int]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from exsa_doctor.model import TargetInfo
+from exsa_doctor.oslayer.types import EngineProcess, ListenerScan
 from exsa_doctor.profiles import (
     DEFAULT_PROFILE,
     Profile,
@@ -27,6 +28,21 @@ from exsa_doctor.profiles import (
 
 class UsageError(ValueError):
     """Input a person gave that cannot be used; the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """What engine detection read just before the run: the engine walk and the port's sockets.
+
+    The run's facts reuse it while it is fresh (`facts.engines`, `facts.port_listeners`) instead
+    of walking /proc again a few milliseconds later.
+    """
+
+    taken: float  # time.monotonic()
+    profiles: tuple[str, ...]  # the profile order the walk identified processes by
+    pids: tuple[int, ...]  # the --pid it included
+    engines: tuple[EngineProcess, ...]
+    listeners: ListenerScan | None  # the target port's sockets, when detection looked
 
 
 @dataclass(frozen=True)
@@ -51,6 +67,8 @@ class Target:
     offline: bool = False
     # logs that arrived as bytes, not files (`--log -`): name -> what was read
     inline_logs: Mapping[str, bytes] = field(default_factory=dict)
+    # what detection read (not part of what is diagnosed: never compared, never reported)
+    sighting: Sighting | None = field(default=None, compare=False, repr=False)
 
     @property
     def base_url(self) -> str:

@@ -24,14 +24,16 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exsa_doctor.context import Context
 from exsa_doctor.facts import Unreadable, log_report
 from exsa_doctor.model import EventKind, Finding, Level
-from exsa_doctor.parsers.logs import LogEvent, LogReport, Run, split_address
 from exsa_doctor.probes.base import Probe, ProbeOutput
-from exsa_doctor.signatures import Chain, Hit, read_chain
+
+if TYPE_CHECKING:  # the log parser and the signature tables load only when a log is read
+    from exsa_doctor.parsers.logs import LogEvent, LogReport, Run
+    from exsa_doctor.signatures import Chain, Hit
 
 LOADING_WINDOW_S = 600.0  # a load older than this is no longer "in progress" but stuck
 _WILDCARDS = frozenset({"0.0.0.0", "::", "*", "", "[::]"})
@@ -220,6 +222,8 @@ class LogsProbe(Probe):
         lines alone say the engine failed without saying why; a fatal-looking line no signature
         knows is quoted as logs.unrecognised_error.
         """
+        from exsa_doctor.signatures import read_chain
+
         chains: list[tuple[Path, LogReport, Chain]] = []
         for path, report in reports:
             run = report.last_run
@@ -307,6 +311,8 @@ class LogsProbe(Probe):
         data.setdefault("reason", hit.line)  # the engine's own words; the summary explains them
         data["explanation"] = summary
         if sig.finding == "logs.bind_failed" or "address" in data:
+            from exsa_doctor.parsers.logs import split_address
+
             host, port = split_address(data.get("address"))
             if data.get("host"):
                 host = data["host"]
@@ -546,6 +552,8 @@ class LogsProbe(Probe):
             return False
 
     def _other_address(self, ctx: Context, out: ProbeOutput, address: str | None) -> None:
+        from exsa_doctor.parsers.logs import split_address
+
         host, port = split_address(address)
         if host is None and port is None:
             return
@@ -632,6 +640,8 @@ class LogsProbe(Probe):
                 if present
             ]
             parts.append("newest run: " + (", ".join(states) or "no lifecycle line"))
+            from exsa_doctor.signatures import read_chain
+
             chain = read_chain(primary.hits, run.listening.lineno if run.listening else None)
             if chain.root is not None:
                 parts.append(f"error: {chain.root.signature.id}")

@@ -112,7 +112,8 @@ def failure_target(target: Target, result: WaitResult) -> Target:
     target = result.target or target
     pids = tuple(dict.fromkeys([*target.pids, *(w.pid for w in result.watched)]))
     logs = target.logs or tuple(Path(p) for p in result.logs)
-    new = replace(target, pids=pids, logs=logs)
+    # what detection saw before the wait is not what the diagnosis must see after it
+    new = replace(target, pids=pids, logs=logs, sighting=None)
     seen = next((w for w in result.watched if w.model), None)
     borrowed = new.model_source.startswith("engine PID") and not any(
         new.model_source == f"engine PID {w.pid}" for w in result.watched
