@@ -399,6 +399,8 @@ def log_report(ctx: Context, path: Path) -> LogReport | Unreadable:
 
 def last_log_start(ctx: Context) -> float | None:
     """The newest start-marker time across the target's logs (None: no log, or no times)."""
+    if not ctx.target.logs:
+        return None  # and the log parser is not even loaded
     from exsa_doctor.parsers.logs import LogReport, newest_start
 
     def compute() -> float | None:
