@@ -179,7 +179,7 @@ _RUN: dict[str, bool] = {"program": False}
 def finish(code: int) -> NoReturn:
     """End a one-shot command: as the program, flush and leave without interpreter teardown.
 
-    With Typer, Rich, httpx and the probes loaded, tearing the modules down costs 20-40 ms of a
+    With Typer, Rich and the probes loaded, tearing the modules down costs 20-40 ms of a
     300 ms budget, and nothing is left to release: the report is written and flushed, any
     helper a probe started was stopped by PID, and probe threads are daemons. As a library or
     under a test runner this is a plain `typer.Exit`.

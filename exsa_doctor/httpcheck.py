@@ -1,24 +1,28 @@
-"""Bounded HTTP to the engine: the health request and the client the generation probe streams with.
+"""Bounded HTTP to the engine: the health request and the exchange the generation probe streams.
 
-Every step is bounded: connect and read timeouts, a total wall deadline enforced on every socket
-read (a server sending one byte a second cannot keep us), and at most 64 KiB of health body read.
-A failure before any HTTP answer is classified (`describe_failure`): refused, timeout (connect,
-write or read phase), reset, not HTTP, or another error. `check_health` makes one health
-observation; the run's one observation is a shared fact (`facts.health`).
+One request per connection, HTTP/1.1, written on the socket module alone (no client library:
+an engine on this machine needs none of their pooling, proxies or HTTP/2, and importing one
+cost a sixth of `diagnose`'s start-up). Every step is bounded: the connect and each read by
+their own timeouts, and all of them by one wall deadline, so a server sending one byte a second
+cannot keep us; at most 64 KiB of health body is read, and headers past 16 KiB are not HTTP.
+
+A request that gets no (complete) answer fails with `HTTPFailure`, whose `TransportFailure`
+says what that means for an engine: refused, timeout (connect, write or read phase), reset, not
+HTTP, or another error. `check_health` makes one health observation; the run's one observation
+is a shared fact (`facts.health`).
 """
 
 from __future__ import annotations
 
 import errno
-import ssl
+import re
+import socket
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import httpcore
-import httpx
+from types import TracebackType
+from typing import TYPE_CHECKING
 
 from exsa_doctor.parsers.health import (
     MAX_BODY_BYTES,
@@ -28,128 +32,21 @@ from exsa_doctor.parsers.health import (
 )
 from exsa_doctor.target import Target
 
+if TYPE_CHECKING:
+    import ssl
+
 CONNECT_TIMEOUT_S = 1.0
 READ_TIMEOUT_S = 2.0
 # Total wall budget of the one health request: connect, headers and body together.
 HEALTH_BUDGET_S = 2.5
+MAX_HEAD_BYTES = 16 * 1024
+_STATUS_LINE = re.compile(rb"HTTP/1\.[0-9] ([0-9]{3})(?: [^\r\n]*)?")
+_HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*")
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\r\n]*)?")
 
 
 # --- bounded HTTP -------------------------------------------------------------------------
-
-
-class ByteCounter:
-    """How many bytes the server sent on a connection: tells "closed silently" from "not HTTP"."""
-
-    def __init__(self) -> None:
-        self.received = 0
-        self.first_bytes = b""
-
-
-class _DeadlineStream(httpcore.NetworkStream):
-    """A socket stream whose every read and write is cut at one wall deadline.
-
-    httpx's read timeout applies to each read on its own; a server that sends one byte per second
-    would never trip it. Capping each operation's timeout by what is left of a total deadline does.
-    """
-
-    def __init__(self, inner: httpcore.NetworkStream, deadline: float, counter: ByteCounter):
-        self._inner = inner
-        self._deadline = deadline
-        self._counter = counter
-
-    def _left(self, timeout: float | None, exc: type[Exception]) -> float:
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise exc("the total deadline of the request passed")
-        return left if timeout is None else min(timeout, left)
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        data = self._inner.read(max_bytes, self._left(timeout, httpcore.ReadTimeout))
-        if data and len(self._counter.first_bytes) < 64:
-            self._counter.first_bytes += data[: 64 - len(self._counter.first_bytes)]
-        self._counter.received += len(data)
-        return data
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, self._left(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.NetworkStream:
-        inner = self._inner.start_tls(
-            ssl_context, server_hostname, self._left(timeout, httpcore.ConnectTimeout)
-        )
-        return _DeadlineStream(inner, self._deadline, self._counter)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
-class _DeadlineBackend(httpcore.NetworkBackend):
-    def __init__(self, deadline: float, counter: ByteCounter):
-        self._inner = httpcore.SyncBackend()
-        self._deadline = deadline
-        self._counter = counter
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise httpcore.ConnectTimeout("the total deadline of the request passed")
-        stream = self._inner.connect_tcp(
-            host,
-            port,
-            left if timeout is None else min(timeout, left),
-            local_address,
-            socket_options,
-        )
-        return _DeadlineStream(stream, self._deadline, self._counter)
-
-    def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.NetworkStream:
-        raise httpcore.ConnectError("unix sockets are not supported here")
-
-
-def bounded_client(
-    deadline: float, *, connect_s: float, read_s: float
-) -> tuple[httpx.Client, ByteCounter]:
-    """An httpx client whose requests all end by `deadline` (time.monotonic), and its byte count.
-
-    No proxies from the environment (the engine is local; a proxy would answer for it), no
-    retries, one connection.
-    """
-    counter = ByteCounter()
-    # verify=False: this transport's own pool (and the TLS context httpx would build for it
-    # from the CA bundle) is replaced just below, so loading the bundle is wasted work, and a
-    # bundle the user cannot read (PermissionError) would crash every HTTP probe.
-    transport = httpx.HTTPTransport(retries=0, trust_env=False, verify=False)
-    pool = httpcore.ConnectionPool(
-        max_connections=1,
-        retries=0,
-        network_backend=_DeadlineBackend(deadline, counter),
-    )
-    # httpx has no public hook for the network backend; the transport's pool is the one seam.
-    # Fail loudly (a crashed-probe row) rather than silently lose the total deadline.
-    if not hasattr(transport, "_pool"):  # pragma: no cover - guards an httpx upgrade
-        raise RuntimeError("this httpx version has no transport pool to bound")
-    transport._pool.close()
-    transport._pool = pool
-    timeout = httpx.Timeout(connect=connect_s, read=read_s, write=read_s, pool=connect_s)
-    client = httpx.Client(transport=transport, timeout=timeout, trust_env=False)
-    return client, counter
 
 
 @dataclass(frozen=True)
@@ -161,38 +58,232 @@ class TransportFailure:
     reason: str
 
 
-def _errno_in_chain(exc: BaseException) -> int | None:
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None:
-            return None
-        if isinstance(seen, OSError) and seen.errno is not None:
-            return seen.errno
-        seen = seen.__cause__ or seen.__context__
-    return None
+class HTTPFailure(Exception):
+    """A request that got no (complete) answer; `failure` says what that means for an engine."""
+
+    def __init__(self, failure: TransportFailure) -> None:
+        super().__init__(failure.reason)
+        self.failure = failure
 
 
-def describe_failure(exc: httpx.HTTPError, counter: ByteCounter) -> TransportFailure:
-    """Map an httpx error (before any HTTP status was read) to what it means for an engine."""
-    code = _errno_in_chain(exc)
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, httpx.ConnectTimeout):
-        return TransportFailure("timeout", "connect", "no TCP connection within the timeout")
-    if isinstance(exc, httpx.WriteTimeout):
-        return TransportFailure("timeout", "write", "could not send the request in time")
-    if isinstance(exc, httpx.TimeoutException):
-        return TransportFailure("timeout", "read", "no complete answer within the timeout")
-    if isinstance(exc, httpx.ConnectError):
-        if code == errno.ECONNREFUSED:
-            return TransportFailure("refused", "connect", "connection refused")
-        if code in (errno.ECONNRESET, errno.ECONNABORTED):
-            return TransportFailure("reset", "connect", "connection reset")
-        return TransportFailure("error", "connect", f"cannot connect: {text}")
-    if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
-        if counter.received == 0:
-            return TransportFailure("reset", "read", "connection closed without an answer")
-        return TransportFailure("not_http", "read", "not HTTP")
-    return TransportFailure("error", "request", text)
+def _timed_out(phase: str) -> HTTPFailure:
+    reason = {
+        "connect": "no TCP connection within the timeout",
+        "write": "could not send the request in time",
+    }.get(phase, "no complete answer within the timeout")
+    return HTTPFailure(TransportFailure("timeout", phase, reason))
+
+
+class BoundedExchange:
+    """One request and its answer on a connection of its own, every step cut at `deadline`.
+
+    `open` connects, sends and reads the status line and headers; `body` yields the body as it
+    comes (de-chunked, never content-decoded). Both raise `HTTPFailure`. Use as a context
+    manager: the connection is closed on leaving.
+    """
+
+    def __init__(self, target: Target, deadline: float, *, connect_s: float, read_s: float) -> None:
+        self.target = target
+        self.deadline = deadline  # time.monotonic()
+        self.connect_s = connect_s
+        self.read_s = read_s
+        self.received = 0  # bytes the server sent: tells "closed silently" from "not HTTP"
+        self.first_bytes = b""
+        self.status: int | None = None
+        self.headers: dict[str, str] = {}
+        self._sock: socket.socket | None = None
+        self._buffer = b""
+        self._eof = False
+
+    def __enter__(self) -> BoundedExchange:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def _left(self, phase: str) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise _timed_out(phase)
+        return left
+
+    def _connect(self) -> socket.socket:
+        target = self.target
+        timeout = min(self.connect_s, self._left("connect"))
+        try:
+            sock = socket.create_connection((target.host, target.port), timeout=timeout)
+        except TimeoutError:
+            raise _timed_out("connect") from None
+        except OSError as exc:
+            if exc.errno == errno.ECONNREFUSED:
+                failure = TransportFailure("refused", "connect", "connection refused")
+            elif exc.errno in (errno.ECONNRESET, errno.ECONNABORTED):
+                failure = TransportFailure("reset", "connect", "connection reset")
+            else:
+                failure = TransportFailure("error", "connect", f"cannot connect: {exc}")
+            raise HTTPFailure(failure) from None
+        if target.scheme != "https":
+            return sock
+        try:
+            sock.settimeout(min(self.connect_s, self._left("connect")))
+            return _tls_context().wrap_socket(sock, server_hostname=target.host)
+        except TimeoutError:
+            sock.close()
+            raise _timed_out("connect") from None
+        except OSError as exc:
+            sock.close()
+            failure = TransportFailure("error", "connect", f"cannot connect: {exc}")
+            raise HTTPFailure(failure) from None
+
+    def _recv(self) -> bytes:
+        assert self._sock is not None
+        self._sock.settimeout(min(self.read_s, self._left("read")))
+        try:
+            data = self._sock.recv(65536)
+        except TimeoutError:
+            raise _timed_out("read") from None
+        except OSError:
+            raise self._broken() from None
+        if data and len(self.first_bytes) < 64:
+            self.first_bytes += data[: 64 - len(self.first_bytes)]
+        self.received += len(data)
+        return data
+
+    def _broken(self) -> HTTPFailure:
+        """The connection ended or broke before the answer was whole."""
+        if self.received == 0:
+            return HTTPFailure(
+                TransportFailure("reset", "read", "connection closed without an answer")
+            )
+        return HTTPFailure(TransportFailure("not_http", "read", "not HTTP"))
+
+    def _fill(self) -> bool:
+        """Read more into the buffer; False at the end of the stream."""
+        if self._eof:
+            return False
+        data = self._recv()
+        if not data:
+            self._eof = True
+            return False
+        self._buffer += data
+        return True
+
+    def open(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes = b""
+    ) -> tuple[int, dict[str, str]]:
+        """Connect, send the request, read the answer's status and headers (names lowercased)."""
+        self._sock = self._connect()
+        target = self.target
+        host = f"[{target.host}]" if ":" in target.host else target.host
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{target.port}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        lines += ["Connection: close", "User-Agent: exsa-doctor"]
+        if body or method == "POST":
+            lines.append(f"Content-Length: {len(body)}")
+        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        self._sock.settimeout(min(self.read_s, self._left("write")))
+        try:
+            self._sock.sendall(request)
+        except TimeoutError:
+            raise _timed_out("write") from None
+        except OSError:
+            pass  # a server may answer and close before reading it all: read what it said
+        while True:
+            status, fields = self._read_head()
+            if not 100 <= status < 200 or status == 101:
+                self.status, self.headers = status, fields
+                return status, fields
+
+    def _read_head(self) -> tuple[int, dict[str, str]]:
+        while True:
+            end = _HEAD_END.search(self._buffer)
+            if end is not None:
+                break
+            if len(self._buffer) > MAX_HEAD_BYTES or not self._fill():
+                raise self._broken()
+        head, self._buffer = self._buffer[: end.start()], self._buffer[end.end() :]
+        lines = head.split(b"\n")
+        status = _STATUS_LINE.fullmatch(lines[0].rstrip(b"\r"))
+        if status is None:
+            raise self._broken()
+        fields: dict[str, str] = {}
+        for raw in lines[1:]:
+            line = _HEADER_LINE.fullmatch(raw.rstrip(b"\r"))
+            if line is None:
+                raise self._broken()
+            name = line[1].decode("ascii").lower()
+            value = line[2].decode("latin-1")
+            fields[name] = f"{fields[name]}, {value}" if name in fields else value
+        return int(status[1]), fields
+
+    def body(self) -> Iterator[bytes]:
+        """The body as it arrives: by Content-Length, chunked, or until the server closes."""
+        status = self.status
+        if status is None or status in (204, 304):
+            return
+        coding = self.headers.get("transfer-encoding", "").lower()
+        if coding.rsplit(",", 1)[-1].strip() == "chunked":
+            yield from self._chunked()
+            return
+        length = self.headers.get("content-length")
+        if length is not None:
+            if not length.strip().isdigit():
+                raise self._broken()
+            yield from self._sized(int(length))
+            return
+        while self._buffer or self._fill():
+            piece, self._buffer = self._buffer, b""
+            yield piece
+
+    def _sized(self, length: int) -> Iterator[bytes]:
+        while length > 0:
+            if not self._buffer and not self._fill():
+                raise self._broken()  # closed before the declared length
+            piece, self._buffer = self._buffer[:length], self._buffer[length:]
+            length -= len(piece)
+            yield piece
+
+    def _chunked(self) -> Iterator[bytes]:
+        while True:
+            line = self._line()
+            size = _CHUNK_SIZE.fullmatch(line)
+            if size is None:
+                raise self._broken()
+            count = int(size[1], 16)
+            if count == 0:
+                return  # trailers are not read: nothing after the last chunk matters here
+            yield from self._sized(count)
+            if self._line() != b"":
+                raise self._broken()
+
+    def _line(self) -> bytes:
+        while b"\n" not in self._buffer:
+            if len(self._buffer) > MAX_HEAD_BYTES or not self._fill():
+                raise self._broken()
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.rstrip(b"\r")
+
+
+def _tls_context() -> ssl.SSLContext:
+    """TLS without certificate checks: the engine is local, often with a self-made certificate."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _decode_body(raw: bytes, encoding: str, limit: int) -> bytes:
@@ -258,6 +349,11 @@ class HealthObservation:
         return self.answer.state.value
 
 
+def request_path(path: str) -> str:
+    """A profile's path as a request target (`/` added when the profile left it out)."""
+    return path if path.startswith("/") else "/" + path
+
+
 def check_health(
     target: Target,
     deadline: float,
@@ -267,12 +363,8 @@ def check_health(
     max_bytes: int = MAX_BODY_BYTES,
 ) -> HealthObservation:
     """One GET of the target's health endpoint, finished by `deadline` (time.monotonic)."""
-    url = target.endpoint(target.profile.health.path)
-    try:
-        client, counter = bounded_client(deadline, connect_s=connect_s, read_s=read_s)
-    except httpx.HTTPError as exc:
-        return HealthObservation(url, time.time(), "error", 0.0, reason=str(exc))
-    # timed from here: building the client (an SSL context) is not the engine's latency
+    path = target.profile.health.path
+    url = target.endpoint(path)
     started_wall = time.time()
     started = time.monotonic()
 
@@ -284,23 +376,17 @@ def check_health(
     latency = 0.0
     body = bytearray()
     truncated = False
+    exchange = BoundedExchange(target, deadline, connect_s=connect_s, read_s=read_s)
     try:
-        with (
-            client,
-            client.stream(
+        with exchange:
+            status, headers = exchange.open(
                 "GET",
-                url,
-                headers={
-                    "Accept": "application/json, text/plain, */*",
-                    "Accept-Encoding": "identity",
-                },
-            ) as resp,
-        ):
-            status = resp.status_code
+                request_path(path),
+                {"Accept": "application/json, text/plain, */*", "Accept-Encoding": "identity"},
+            )
             latency = ms()
-            headers = {k.lower(): v for k, v in resp.headers.items()}
             declared = _int(headers.get("content-length"))
-            for chunk in resp.iter_raw():
+            for chunk in exchange.body():
                 room = max_bytes - len(body)
                 body += chunk[:room]
                 if len(chunk) > room or (
@@ -308,8 +394,8 @@ def check_health(
                 ):
                     truncated = True
                     break
-    except httpx.HTTPError as exc:
-        failure = describe_failure(exc, counter)
+    except HTTPFailure as exc:
+        failure = exc.failure
         if status is None:
             timeout_s = 0.0
             if failure.kind == "timeout":
@@ -327,7 +413,7 @@ def check_health(
                 phase=failure.phase,
                 timeout_s=timeout_s,
                 reason=failure.reason,
-                first_bytes=counter.first_bytes,
+                first_bytes=exchange.first_bytes,
             )
         if failure.kind == "timeout":
             # The status line came, the body never finished: a dripping or hung handler.
