@@ -79,10 +79,19 @@ class BoundedExchange:
 
     `open` connects, sends and reads the status line and headers; `body` yields the body as it
     comes (de-chunked, never content-decoded). Both raise `HTTPFailure`. Use as a context
-    manager: the connection is closed on leaving.
+    manager: the connection is closed on leaving. `sock`, a plain-HTTP connection already made
+    (the one `wait` just connected to see the port open), is used instead of connecting again.
     """
 
-    def __init__(self, target: Target, deadline: float, *, connect_s: float, read_s: float) -> None:
+    def __init__(
+        self,
+        target: Target,
+        deadline: float,
+        *,
+        connect_s: float,
+        read_s: float,
+        sock: socket.socket | None = None,
+    ) -> None:
         self.target = target
         self.deadline = deadline  # time.monotonic()
         self.connect_s = connect_s
@@ -92,6 +101,7 @@ class BoundedExchange:
         self.status: int | None = None
         self.headers: dict[str, str] = {}
         self._sock: socket.socket | None = None
+        self._given = sock
         self._buffer = b""
         self._eof = False
 
@@ -107,9 +117,10 @@ class BoundedExchange:
         self.close()
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        for sock in (self._sock, self._given):
+            if sock is not None:
+                sock.close()
+        self._sock = self._given = None
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -121,6 +132,13 @@ class BoundedExchange:
 
     def _connect(self) -> socket.socket:
         target = self.target
+        if self._given is not None:
+            if target.scheme != "https":
+                sock, self._given = self._given, None
+                sock.setblocking(True)
+                return sock
+            self._given.close()  # TLS starts on a connection of its own
+            self._given = None
         timeout = min(self.connect_s, self._left("connect"))
         try:
             sock = socket.create_connection((target.host, target.port), timeout=timeout)

@@ -7,22 +7,23 @@ Cheap and prompt, because `wait` asks every 30 ms for as long as a model takes t
   TCP connect, and no RST to process.
 - `try_connect`: a plain TCP connect (a blocking one on loopback, bounded by SO_SNDTIMEO).
 - `get_health`: one HTTP GET of the profile's health path over the socket that just connected
-  (`http.client`, no second connect), at most `MAX_BODY_BYTES` of body.
+  (`httpcheck.BoundedExchange`, no second connect), at most `MAX_BODY_BYTES` of body.
 """
 
 from __future__ import annotations
 
 import errno
-import http.client
 import ipaddress
 import os
 import select
 import socket
 import struct
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
+from exsa_doctor.httpcheck import BoundedExchange, HTTPFailure, request_path
 from exsa_doctor.oslayer.sockets import SockDiag
 from exsa_doctor.parsers.health import MAX_BODY_BYTES
 from exsa_doctor.target import Target
@@ -128,11 +129,6 @@ class ListenWatch:
         self._diag.close()
 
 
-def _host_header(host: str, port: int) -> str:
-    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    return f"{shown}:{port}"
-
-
 def get_health(
     target: Target, sock: socket.socket | None, timeout_s: float
 ) -> tuple[int, bytes, str] | str:
@@ -140,34 +136,18 @@ def get_health(
 
     Plain HTTP reuses `sock` (already connected by `try_connect`); HTTPS opens its own.
     """
-    path = target.profile.health.path
-    conn: http.client.HTTPConnection
-    if target.scheme == "https":
-        import ssl
-
-        if sock is not None:
-            sock.close()
-        conn = http.client.HTTPSConnection(
-            target.host, target.port, timeout=timeout_s, context=ssl.create_default_context()
-        )
-    else:
-        conn = http.client.HTTPConnection(target.host, target.port, timeout=timeout_s)
-        if sock is not None:
-            sock.setblocking(True)
-            sock.settimeout(timeout_s)
-            conn.sock = sock
+    deadline = time.monotonic() + timeout_s
+    exchange = BoundedExchange(target, deadline, connect_s=timeout_s, read_s=timeout_s, sock=sock)
     try:
-        conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
-        conn.putheader("Host", _host_header(target.host, target.port))
-        conn.putheader("User-Agent", "exsa-doctor-wait")
-        conn.putheader("Accept", "application/json")
-        conn.putheader("Connection", "close")
-        conn.endheaders()
-        resp = conn.getresponse()
-        body = resp.read(MAX_BODY_BYTES + 1)
-        return resp.status, body, resp.getheader("Server") or ""
-    except (OSError, http.client.HTTPException) as exc:
-        text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        return f"no HTTP answer: {text}"
-    finally:
-        conn.close()
+        with exchange:
+            status, headers = exchange.open(
+                "GET", request_path(target.profile.health.path), {"Accept": "application/json"}
+            )
+            body = b""
+            for chunk in exchange.body():
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    break
+    except HTTPFailure as exc:
+        return f"no HTTP answer: {exc.failure.reason}"
+    return status, body[: MAX_BODY_BYTES + 1], headers.get("server", "")

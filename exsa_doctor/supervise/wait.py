@@ -12,8 +12,9 @@ How it waits, cheaply and promptly:
   says yes, a plain TCP connect. No HTTP client is involved while the port is closed. Measured
   on the 2-core test VM: about 1.0 % of a core per second of waiting, `wait-on` 1.4 % (defaults)
   and 4.8 % (`--interval 50`).
-- Once a connect succeeds: one HTTP GET of the health path over that very socket (`http.client`,
-  no extra connect); while the answer is "not ready yet", a GET every `http_interval_s`.
+- Once a connect succeeds: one HTTP GET of the health path over that very socket (the bounded
+  exchange the probes use, no extra connect); while the answer is "not ready yet", a GET every
+  `http_interval_s`.
 - The engine process is watched with a pidfd where the OS has one (Linux): the sleep between
   attempts is a `select` on it, so an engine that exits wakes us at once, for no CPU.
 - Every `watched.SAMPLE_S` the engine's CPU time, bytes read, resident memory and log size are
