@@ -50,6 +50,8 @@ _INET_DIAG_SKV6ONLY = 11
 _NLMSG_HDR = struct.Struct("=IHHII")
 _DIAG_REQ = struct.Struct("=BBBBI")
 _DIAG_MSG_LEN = 72  # struct inet_diag_msg
+_DIAG_MIN_LEN = 6  # enough of inet_diag_msg to read the local port
+_SPORT = struct.Struct(">H")
 _MAX_NETLINK_BYTES = 64 * 1024 * 1024  # a runaway dump must not eat memory
 
 _PROC_TCP_MAX_BYTES = 64 * 1024 * 1024
@@ -129,6 +131,26 @@ class SockDiag:
     def dump(self, family: int, states: int, limit: int | None = None) -> Iterator[bytes]:
         """The `inet_diag_msg` payloads of one family's TCP sockets in `states` (a bitmask of
         1 << state); ValueError past `limit` sockets (a table too large to ask cheaply)."""
+        for data, start, end in self._answer(family, states, limit, 1 << 20):
+            yield data[start:end]
+
+    def listens_on(self, families: Iterable[int], port: int, limit: int) -> bool:
+        """Whether a TCP socket of one of `families` listens on `port` (the local port only).
+
+        Asked every 30 ms by `wait`: the answer is read in place, without copying a message.
+        """
+        found = False
+        for family in families:
+            for data, start, _end in self._answer(family, 1 << _TCP_LISTEN, limit, 65536):
+                # inet_diag_msg: family, state, timer, retrans, then the big-endian sport
+                if _SPORT.unpack_from(data, start + 4)[0] == port:
+                    found = True  # read on to the end of the answer, keeping the socket in step
+        return found
+
+    def _answer(
+        self, family: int, states: int, limit: int | None, bufsize: int
+    ) -> Iterator[tuple[bytes, int, int]]:
+        """Send one dump request; yield (buffer, start, end) of each message payload."""
         if self._sock is None:
             self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_SOCK_DIAG)
             self._sock.settimeout(1.0)  # the kernel answers at once; silence means no sock_diag
@@ -144,31 +166,29 @@ class SockDiag:
         self._sock.sendto(hdr + req, (0, 0))
         total = seen = 0
         while True:
-            data = self._sock.recv(1 << 20)
+            data = self._sock.recv(bufsize)
             total += len(data)
             if not data or total > _MAX_NETLINK_BYTES:
                 raise OSError("sock_diag dump ended unexpectedly")
-            for msg_type, seq, payload in _netlink_messages(data):
+            off = 0
+            while off + _NLMSG_HDR.size <= len(data):
+                length, msg_type, _flags, seq, _pid = _NLMSG_HDR.unpack_from(data, off)
+                if length < _NLMSG_HDR.size:
+                    raise ValueError("bad netlink message")
+                start, end = off + _NLMSG_HDR.size, off + length
+                off += (length + 3) & ~3
                 if seq != self._seq:
                     continue  # the tail of an earlier, abandoned answer
                 if msg_type == _NLMSG_DONE:
                     return
                 if msg_type == _NLMSG_ERROR:
-                    (errno,) = struct.unpack_from("=i", payload, 0)
+                    (errno,) = struct.unpack_from("=i", data, start)
                     raise OSError(-errno, "sock_diag request refused")
                 seen += 1
                 if limit is not None and seen > limit:
                     raise ValueError("too many sockets to ask cheaply")
-                yield payload
-
-    def listens_on(self, families: Iterable[int], port: int, limit: int) -> bool:
-        """Whether a TCP socket of one of `families` listens on `port` (the local port only)."""
-        for family in families:
-            for payload in self.dump(family, 1 << _TCP_LISTEN, limit):
-                # inet_diag_msg: family, state, timer, retrans, then the big-endian sport
-                if len(payload) >= 6 and struct.unpack_from(">H", payload, 4)[0] == port:
-                    return True
-        return False
+                if end - start >= _DIAG_MIN_LEN:
+                    yield data, start, end
 
     def close(self) -> None:
         if self._sock is not None:
@@ -181,16 +201,6 @@ def _diag_dump(family: int, states: int) -> list[_Sock]:
     """TCP sockets of one family in `states` (a bitmask of 1 << state) via sock_diag netlink."""
     with SockDiag() as diag:
         return [s for s in map(_parse_diag_msg, diag.dump(family, states)) if s is not None]
-
-
-def _netlink_messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
-    off = 0
-    while off + _NLMSG_HDR.size <= len(data):
-        length, msg_type, _flags, seq, _pid = _NLMSG_HDR.unpack_from(data, off)
-        if length < _NLMSG_HDR.size:
-            raise ValueError("bad netlink message")
-        yield msg_type, seq, data[off + _NLMSG_HDR.size : off + length]
-        off += (length + 3) & ~3
 
 
 def _parse_diag_msg(payload: bytes) -> _Sock | None:
