@@ -16,6 +16,7 @@ import psutil
 
 from exsa_doctor.facts import meant_for_port
 from exsa_doctor.profiles import Profile, all_builtin
+from exsa_doctor.supervise.signals import is_gone
 from exsa_doctor.target import Target
 
 SAMPLE_S = 0.5
@@ -110,15 +111,7 @@ def watch_pid(pid: int, profile: str) -> Watched:
 
 def has_exited(w: Watched) -> bool:
     """Gone, a zombie, or its PID reused by another process."""
-    try:
-        proc = psutil.Process(w.pid)
-        if w.create_time is not None and abs(proc.create_time() - w.create_time) > 0.01:
-            return True
-        return proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return True
-    except psutil.AccessDenied:
-        return False
+    return is_gone(w.pid, w.create_time)
 
 
 class ProgressSampler:
