@@ -37,6 +37,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from exsa_doctor.facts import meant_for_port
 from exsa_doctor.model import Diagnosis
 from exsa_doctor.oslayer.files import same_file
 from exsa_doctor.oslayer.types import EngineProcess
@@ -247,10 +248,7 @@ def engine_conflicts(
     for eng in live:
         cmd = shlex.join(eng.info.cmdline) or eng.info.name
         on_port = port in {p for _, p in listening.get(eng.pid, [])}
-        configured = eng.configured_port == port or (
-            eng.configured_port is None and defaults.get(eng.profile) == port
-        )
-        if on_port or configured:
+        if on_port or meant_for_port(eng, port, defaults.get(eng.profile)):
             how = "listens on" if on_port else "is configured for"
             problems.append(
                 Problem(
