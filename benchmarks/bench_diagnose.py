@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--scale", action="store_true")
     args = ap.parse_args()
-    from exsa_doctor.standin.ggufmake import write_gguf
+    from exsa_doctor.demo.standin.ggufmake import write_gguf
 
     tmp = Path(tempfile.mkdtemp(prefix="exsa-diag-"))
     model = tmp / "model.gguf"

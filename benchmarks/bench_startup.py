@@ -10,7 +10,9 @@ Run:
 
 Each figure is the median of `--repeat` runs of a new process (after 2 warm-up runs), wall time;
 the CPU time those processes used (user + system) is shown beside it, as it is steadier than wall
-time on a busy machine. Every process started is stopped by PID.
+time on a busy machine. The columns take turns, run by run (A B A B ...), and each column after
+the first gets the median of its pairwise ratio to the first, which holds when the machine's
+speed drifts during the measurement. Every process started is stopped by PID.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Column:
     size_kib: int | None = None
     packages: list[str] = field(default_factory=list)
     rows: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # wall, cpu, exit
+    ratios: dict[str, tuple[float, float]] = field(default_factory=dict)  # wall, cpu vs column 1
     imports: list[tuple[str, float]] = field(default_factory=list)
     build_ms: str = ""
 
@@ -53,21 +56,42 @@ def program(col: Column) -> list[str]:
     return [str(script)] if script.exists() else [str(col.python), "-m", "exsa_doctor"]
 
 
-def measure(cmd: list[str], repeat: int) -> tuple[float, float, int]:
-    """Median wall ms, median CPU ms (user+sys of the child) and the last exit code."""
+def _once(cmd: list[str]) -> tuple[float, float, int]:
+    """Wall s, CPU s (user+sys of the child) and exit code of one run of `cmd`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, check=False)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, done.returncode
+
+
+def measure(row: str, cmds: dict[str, list[str]], columns: list[Column], repeat: int) -> None:
+    """Run each column's command in turn, `repeat` times after 2 warm-up rounds; store the
+    medians (ms) in `Column.rows[row]` and the pairwise ratios to the first column."""
     for _ in range(2):
-        subprocess.run(cmd, capture_output=True, check=False)
-    walls, cpus = [], []
-    code = 0
+        for col in columns:
+            subprocess.run(cmds[col.name], capture_output=True, check=False)
+    runs: dict[str, list[tuple[float, float, int]]] = {c.name: [] for c in columns}
     for _ in range(repeat):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t0 = time.perf_counter()
-        done = subprocess.run(cmd, capture_output=True, check=False)
-        walls.append(time.perf_counter() - t0)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpus.append((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
-        code = done.returncode
-    return statistics.median(walls) * 1000, statistics.median(cpus) * 1000, code
+        for col in columns:
+            runs[col.name].append(_once(cmds[col.name]))
+    first = runs[columns[0].name]
+    for col in columns:
+        mine = runs[col.name]
+        walls = [w for w, _, _ in mine]
+        cpus = [c for _, c, _ in mine]
+        col.rows[row] = (
+            statistics.median(walls) * 1000,
+            statistics.median(cpus) * 1000,
+            mine[-1][2],
+        )
+        if col is not columns[0]:
+            col.ratios[row] = (
+                statistics.median(m[0] / f[0] for m, f in zip(mine, first, strict=True)),
+                statistics.median(m[1] / max(f[1], 1e-6) for m, f in zip(mine, first, strict=True)),
+            )
 
 
 def import_groups(col: Column, args: list[str], top: int = 10) -> list[tuple[str, float]]:
@@ -196,41 +220,26 @@ def main() -> None:
 
 def run_all(columns: list[Column], repeat: int, where: Path) -> None:
     model = where / "model.gguf"
-    from exsa_doctor.standin.ggufmake import write_gguf
+    from exsa_doctor.demo.standin.ggufmake import write_gguf
 
     write_gguf(model)
     port, empty_port = free_port(), free_port()
+    for flag in ("--version", "--help"):
+        measure(flag, {c.name: [*program(c), flag] for c in columns}, columns, repeat)
     for col in columns:
-        col.rows["--version"] = measure([*program(col), "--version"], repeat)
-        col.rows["--help"] = measure([*program(col), "--help"], repeat)
         col.build_ms = command_build_ms(col)
+    healthy = ["--url", f"http://127.0.0.1:{port}", "--model", str(model)]
+    nothing = ["--url", f"http://127.0.0.1:{empty_port}"]
+    out = ["--format", "json", "--output", os.devnull]
     with standin_engine(model, port):
         wait_healthy(port)
+        for row, args in (
+            ("diagnose, healthy engine", healthy),
+            ("diagnose, nothing at target, another engine up", nothing),
+        ):
+            cmds = {c.name: [*program(c), "diagnose", *args, *out] for c in columns}
+            measure(row, cmds, columns, repeat)
         for col in columns:
-            healthy = [
-                *program(col),
-                "diagnose",
-                "--url",
-                f"http://127.0.0.1:{port}",
-                "--model",
-                str(model),
-                "--format",
-                "json",
-                "--output",
-                os.devnull,
-            ]
-            col.rows["diagnose, healthy engine"] = measure(healthy, repeat)
-            nothing = [
-                *program(col),
-                "diagnose",
-                "--url",
-                f"http://127.0.0.1:{empty_port}",
-                "--format",
-                "json",
-                "--output",
-                os.devnull,
-            ]
-            col.rows["diagnose, nothing at target, another engine up"] = measure(nothing, repeat)
             col.imports = import_groups(
                 col,
                 ["diagnose", "--url", f"http://127.0.0.1:{port}", "--format", "json"],
@@ -247,6 +256,10 @@ def report(columns: list[Column], baseline: int, repeat: int) -> None:
             wall, cpu, code = c.rows[row]
             cells.append(f"{wall:8.0f} ({cpu:4.0f}) exit {code}")
         print(f"{row:<48}" + "".join(f"{cell:>22}" for cell in cells))
+    for c in columns[1:]:
+        print(f"\n{c.name} / {columns[0].name}, median of the run-by-run ratios, wall (CPU)")
+        for row, (wall, cpu) in c.ratios.items():
+            print(f"  {row:<46} {wall:6.2f} ({cpu:4.2f})")
     if baseline:
         print(
             f"\ninstalled size of `pip install .` (site-packages minus an empty venv's {baseline} KiB)"

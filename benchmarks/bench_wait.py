@@ -149,7 +149,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=7)
     args = ap.parse_args()
-    from exsa_doctor.standin.ggufmake import write_gguf
+    from exsa_doctor.demo.standin.ggufmake import write_gguf
 
     tmp = Path(tempfile.mkdtemp(prefix="exsa-wait-"))
     model = tmp / "model.gguf"

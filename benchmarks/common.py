@@ -89,7 +89,10 @@ def standin_engine(
     }
     out = log.open("wb") if log else subprocess.DEVNULL
     proc = subprocess.Popen(
-        [sys.executable, "-m", "exsa_doctor.standin"], env=env, stdout=out, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "exsa_doctor.demo.standin"],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
     )
     try:
         yield proc

@@ -3,7 +3,7 @@
 Run: python benchmarks/run_all.py [--scale]
 First time: bash benchmarks/setup.sh (wait-on, wait-for-it, lsof, ss). Use the interpreter of a
 plain `pip install .` venv to measure what users get (a development environment with extra
-packages, such as trio or pydantic, makes httpx and typer import more).
+packages, such as pydantic, makes typer import more).
 """
 
 from __future__ import annotations

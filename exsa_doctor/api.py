@@ -39,8 +39,9 @@ if TYPE_CHECKING:
     from exsa_doctor.probes.base import Probe
     from exsa_doctor.profiles import Profile
     from exsa_doctor.supervise.postmortem import EngineExit, Liveness
+    from exsa_doctor.supervise.report import Reporter
     from exsa_doctor.supervise.run import Runner, RunOptions
-    from exsa_doctor.supervise.wait import Reporter, WaitResult
+    from exsa_doctor.supervise.wait import WaitResult
     from exsa_doctor.target import Target
 
 __all__ = [
@@ -169,7 +170,7 @@ def diagnose(
     """
     from exsa_doctor import __version__
     from exsa_doctor.causes import load_causes
-    from exsa_doctor.model import Diagnosis, ProbeResult, ProbeStatus, TimelineEvent
+    from exsa_doctor.model import Diagnosis, EventKind, ProbeResult, ProbeStatus, TimelineEvent
     from exsa_doctor.runner import run_probes_for, target_vars
     from exsa_doctor.scoring import score, verdict
 
@@ -184,7 +185,9 @@ def diagnose(
     findings = [f for r in results for f in r.findings]
     timeline = [e for r in results for e in r.timeline]
     if target.failed_at is not None:
-        timeline.append(TimelineEvent(t=target.failed_at, source="client", event="request failed"))
+        timeline.append(
+            TimelineEvent(target.failed_at, "client", "request failed", EventKind.FAILED_REQUEST)
+        )
     timeline.sort(key=lambda e: e.t)
     added = observed_findings(findings, observations.findings) if observations else []
     if observations is not None and added:
@@ -246,9 +249,10 @@ def wait(
 
     When the engine exits or `timeout_s` passes first, the outcome carries a diagnosis of what
     the wait watched, with the wait's own observations (stalled, still loading) scored in.
-    `reporter` hears phase changes (`supervise.wait.reporter_for(sys.stderr)` prints them).
+    `reporter` hears phase changes (`supervise.report.reporter_for(sys.stderr)` prints them).
     """
     from exsa_doctor.supervise import wait as waiting
+    from exsa_doctor.supervise.explain import summary
 
     if not 0 < timeout_s <= 86400:
         raise UsageError("--timeout must be between 0 and 86400 seconds")
@@ -259,19 +263,30 @@ def wait(
         reporter,
     )
     ready = result.outcome is waiting.Outcome.READY
-    diagnosis = None if ready else waiting.failure_diagnosis(target, result)
-    return WaitOutcome(ready, waiting.summary(result), result, diagnosis)
+    diagnosis = None if ready else diagnose_start(target, result)
+    return WaitOutcome(ready, summary(result), result, diagnosis)
 
 
 def wait_observations(result: WaitResult) -> Observations:
     """What a wait saw (phases, stalled or still loading), to be scored by `diagnose`."""
-    from exsa_doctor.supervise.wait import wait_findings
+    from exsa_doctor.supervise.explain import wait_findings
 
     return Observations(
         source="wait",
         detail="observations made while waiting for readiness",
         findings=tuple(wait_findings(result)),
     )
+
+
+def diagnose_start(target: Target, result: WaitResult | None) -> Diagnosis:
+    """Why an engine did not get ready: the diagnosis of what the wait watched (its PIDs, logs
+    and model), with the wait's own observations scored in; without a wait (a refused start),
+    the diagnosis of the target as it stands. `wait` and `run` both diagnose this way."""
+    from exsa_doctor.supervise.explain import failure_target
+
+    if result is None:
+        return diagnose(target)
+    return diagnose(failure_target(target, result), observations=wait_observations(result))
 
 
 # ------------------------------------------------------------------------------------ run
@@ -394,7 +409,7 @@ def run_command(options: RunOptions) -> int:
     from exsa_doctor.supervise.run import Runner, RunUsageError
 
     try:
-        return Runner(options).execute()
+        return Runner(options, diagnose=diagnose_start).execute()
     except RunUsageError as exc:
         raise UsageError(str(exc)) from None
 
@@ -446,7 +461,7 @@ def run(
         if say is not None:
             say(text)
 
-    runner = Runner(opts, note)
+    runner = Runner(opts, note, diagnose=diagnose_start)
     try:
         try:
             started = runner.start()

@@ -36,7 +36,6 @@ from exsa_doctor.redact import Redaction, Redactor
 
 if TYPE_CHECKING:
     from exsa_doctor.context import Context
-    from exsa_doctor.target import Target
 
 LOG_HEAD_BYTES = 64 * 1024
 LOG_TAIL_BYTES = 1024 * 1024
@@ -123,36 +122,27 @@ def system_facts() -> dict[str, Any]:
     return facts
 
 
-def _target_engine_pids(engines: Iterable[EngineProcess], target: Target) -> set[int]:
-    """The target's own engine instances: --pid, else the target profile's on the target port."""
-    engines = list(engines)
-    if target.pids:
-        return set(target.pids)
-    mine = [e for e in engines if e.profile == target.profile.name]
-    default = target.profile.default_port
-    for_port = [e for e in mine if (e.configured_port or default) == target.port]
-    listening = {e.pid for e in engines if any(p == target.port for _, p in e.listening)}
-    return {e.pid for e in (for_port or mine)} | listening
-
-
 def related_processes(engines: Iterable[EngineProcess], context: Context) -> dict[int, list[str]]:
-    """PID -> roles of the processes that matter to the target: its engine, the port's holder,
-    the model's holders. Reuses what the probes read; reads what they did not, briefly."""
-    from exsa_doctor.probes.modelfile import model_holders
-    from exsa_doctor.probes.port import shared_listeners
+    """PID -> roles of the processes that matter to the target: its engines (the run's one rule,
+    `facts.target_engines`), the port's holder, the model's holders. Reuses what the probes
+    read; reads what they did not, briefly."""
+    from exsa_doctor import facts
 
     roles: dict[int, list[str]] = {}
-    for pid in sorted(_target_engine_pids(engines, context.target)):
-        roles.setdefault(pid, []).append("target engine")
     # the run is over; give the memoised look-ups a short budget of their own if still needed
     context.deadline = max(context.deadline, time.monotonic() + _HOLDERS_BUDGET_S)
+    named = set(context.target.pids)
     with contextlib.suppress(Exception):  # a failed look-up costs the rows, never the bundle
-        scan = shared_listeners(context, context.target.port)
+        named |= {e.pid for e in facts.target_engines(context)}
+    for pid in sorted(named):
+        roles.setdefault(pid, []).append("target engine")
+    with contextlib.suppress(Exception):
+        scan = facts.port_listeners(context, context.target.port)
         for listener in scan.listeners:
             if listener.pid is not None:
                 roles.setdefault(listener.pid, []).append("port holder")
     with contextlib.suppress(Exception):
-        holders = model_holders(context)
+        holders = facts.model_holders(context)
         if holders is not None:
             pids = {*holders.open_by, *holders.mapped_by}
             pids |= {lock.pid for lock in holders.locks if lock.pid is not None}

@@ -179,7 +179,7 @@ _RUN: dict[str, bool] = {"program": False}
 def finish(code: int) -> NoReturn:
     """End a one-shot command: as the program, flush and leave without interpreter teardown.
 
-    With Typer, Rich, httpx and the probes loaded, tearing the modules down costs 20-40 ms of a
+    With Typer, Rich and the probes loaded, tearing the modules down costs 20-40 ms of a
     300 ms budget, and nothing is left to release: the report is written and flushed, any
     helper a probe started was stopped by PID, and probe threads are daemons. As a library or
     under a test runner this is a plain `typer.Exit`.
@@ -261,13 +261,13 @@ STDIN_LOG = "<stdin>"
 
 def _check_logs(log: list[Path] | None) -> dict[str, bytes]:
     """Every --log must be a readable, non-empty file; `-` reads standard input (returned)."""
-    from exsa_doctor.parsers.logs import read_stream
-
     inline: dict[str, bytes] = {}
     for path in log or ():
         if str(path) == "-":
             if STDIN_LOG in inline:
                 fail_usage("--log - can be given once")
+            from exsa_doctor.parsers.logs import read_stream
+
             data = read_stream(sys.stdin.buffer).data
             if not data.strip():
                 fail_usage(
@@ -468,7 +468,9 @@ def bundle(
     diagnosis = api.diagnose(target, probes=selected, keep=kept)
     # the processes the probes already read (memoised in the run's context), not a second walk;
     # only when the run never read them (--probe) or was cut short, read them now
-    engines, complete = kept[0].engines()
+    from exsa_doctor.facts import engines as engines_of
+
+    engines, complete = engines_of(kept[0])
     if not complete:
         import time as _time
 
@@ -610,10 +612,10 @@ def demo(
     ] = None,
 ) -> None:
     """Build a real failure on this machine (stand-in engine), diagnose it, clean up."""
-    from exsa_doctor.scenarios import BUILDERS
+    from exsa_doctor.demo.scenarios import BUILDERS
 
     if list_scenarios:
-        from exsa_doctor.scenarios import EXPECTED_CAUSE
+        from exsa_doctor.demo.scenarios import EXPECTED_CAUSE
 
         for name in BUILDERS:
             sys.stdout.write(f"{name:<20} -> {EXPECTED_CAUSE[name] or '(healthy)'}\n")
@@ -623,7 +625,7 @@ def demo(
     if timeout <= 0 or timeout > 3600:
         fail_usage("--timeout must be between 0 and 3600 seconds")
     from exsa_doctor.demo import run_demo
-    from exsa_doctor.scenarios import ScenarioError
+    from exsa_doctor.demo.scenarios import ScenarioError
 
     try:
         if watch is not None and not 0 <= watch <= 600:
@@ -672,7 +674,7 @@ def wait(
         ready_marker=ready_marker,
         process_name=process_name,
     )
-    from exsa_doctor.supervise import wait as waiting
+    from exsa_doctor.supervise.report import render_failure, reporter_for, stderr_write
 
     with usage_errors():
         outcome = api.wait(
@@ -680,14 +682,13 @@ def wait(
             timeout_s=timeout,
             pids=tuple(pid or ()),
             logs=tuple(log or ()),
-            reporter=waiting.reporter_for(sys.stderr),
+            reporter=reporter_for(sys.stderr),
         )
-    waiting.stderr_write(f"exsa-doctor wait: {outcome.summary}\n")
+    stderr_write(f"exsa-doctor wait: {outcome.summary}\n")
     if outcome.diagnosis is None:
-        waiting.exit_now_if_program(EXIT_HEALTHY)
-        raise typer.Exit(EXIT_HEALTHY)
-    waiting.render_failure(outcome.diagnosis, waiting.stderr_write)
-    waiting.stderr_write(f"exsa-doctor wait: {outcome.summary}\n")
+        finish(EXIT_HEALTHY)
+    render_failure(outcome.diagnosis, stderr_write)
+    stderr_write(f"exsa-doctor wait: {outcome.summary}\n")
     raise typer.Exit(EXIT_UNHEALTHY)
 
 

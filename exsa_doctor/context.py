@@ -1,8 +1,9 @@
-"""The context a probe runs in: the target, one deadline, and memoised shared observations.
+"""The context a probe runs in: the target, one deadline, and the run's memoised facts.
 
 Probes are independent units of reporting, but several of them need the same expensive fact
 (the engine processes, the listeners on the port, one health request). `Context.shared` computes
-such a fact once, whichever probe asks first, and hands the same value to the others.
+such a fact once, whichever probe asks first, and hands the same value to the others; the facts
+themselves, and who asks for them, are in `facts.py`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from exsa_doctor.oslayer.types import EngineProcess, Listener, ListenerScan
-from exsa_doctor.profiles import Profile, all_builtin
 from exsa_doctor.target import Target
 
 T = TypeVar("T")
@@ -83,84 +82,6 @@ class Context:
             children = list(self._children)
         return [proc.pid for proc in children if _kill_child(proc)]
 
-    def engines(self) -> tuple[list[EngineProcess], bool]:
-        """All engine instances (any built-in profile, plus the target's), and completeness."""
-        from exsa_doctor.oslayer.procs import find_engines
-
-        def compute() -> tuple[list[EngineProcess], bool]:
-            profiles = _profiles_for(self.target.profile)
-            # leave a little of the budget to the probes that read this
-            return find_engines(profiles, deadline=self.deadline - 0.2, extra_pids=self.target.pids)
-
-        return self.shared("engines", compute)
-
-    def target_engines(self) -> list[EngineProcess]:
-        """The engine instances this diagnosis is about: --pid, else those of the target profile
-        meant for the target port; never a neighbour (`neighbours`)."""
-        return self.shared("target_engines", self._decide_target_engines)
-
-    def neighbours(self) -> list[EngineProcess]:
-        """Other engines on the machine: context, named as such, never the target."""
-        engines, _ = self.engines()
-        mine = {e.pid for e in self.target_engines()}
-        return [e for e in engines if e.pid not in mine]
-
-    def _decide_target_engines(self) -> list[EngineProcess]:
-        engines, _ = self.engines()
-        target = self.target
-        if target.pids:
-            return [e for e in engines if e.pid in target.pids]
-        mine = [e for e in engines if e.profile == target.profile.name]
-        # Several instances on one machine: the ones configured for the target port are meant;
-        # an instance that serves another port is somebody else's (or a wrong-address clue,
-        # which the port probe reports on its own).
-        default = target.profile.default_port
-        for_port = [e for e in mine if (e.configured_port or default) == target.port]
-        if for_port:
-            return for_port
-        return [e for e in mine if not self._is_neighbour(e)]
-
-    def _is_neighbour(self, engine: EngineProcess) -> bool:
-        """An instance of the target profile, not set up for the target port, that positively
-        belongs to something else: it writes another log than --log, serves another model than
-        --model, or the target port is held by another process (then the target's engine is the
-        one that could not bind, and this one is a bystander)."""
-        from exsa_doctor.oslayer.files import same_file
-        from exsa_doctor.oslayer.procs import output_file_of
-
-        target = self.target
-        if target.logs:
-            writes_to = output_file_of(engine.pid)
-            if writes_to is not None and not any(same_file(writes_to, p) for p in target.logs):
-                return True
-        if (
-            target.model is not None
-            and target.model_source in ("--model", "MODEL_PATH")
-            and engine.model
-            and not same_file(engine.model, target.model)
-        ):
-            return True
-        held = [
-            ls.pid
-            for ls in self._port_listeners()
-            if ls.state == "LISTEN" and ls.pid is not None and ls.pid != engine.pid
-        ]
-        return bool(held)
-
-    def _port_listeners(self) -> tuple[Listener, ...]:
-        from exsa_doctor.oslayer.sockets import listeners_of
-
-        port = self.target.port
-        limit = self.deadline - 0.2
-
-        def scan() -> ListenerScan:
-            return listeners_of(port, limit)
-
-        try:
-            return self.shared(f"listeners:{port}", scan).listeners
-        except (OSError, ValueError):
-            return ()
-
 
 def _kill_child(proc: subprocess.Popen[bytes]) -> bool:
     if proc.poll() is not None:
@@ -170,8 +91,3 @@ def _kill_child(proc: subprocess.Popen[bytes]) -> bool:
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=0.1)
     return True
-
-
-def _profiles_for(target_profile: Profile) -> list[Profile]:
-    others = [p for p in all_builtin() if p.name != target_profile.name]
-    return [target_profile, *others]

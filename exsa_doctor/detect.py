@@ -21,9 +21,9 @@ from pathlib import Path
 
 from exsa_doctor.oslayer.procs import find_engines
 from exsa_doctor.oslayer.sockets import listeners_of
-from exsa_doctor.oslayer.types import EngineProcess
+from exsa_doctor.oslayer.types import EngineProcess, ListenerScan
 from exsa_doctor.profiles import Profile, all_builtin, load_builtin
-from exsa_doctor.target import Target
+from exsa_doctor.target import Sighting, Target
 
 _DETECT_BUDGET_S = 1.0
 _LOG_TAIL_BYTES = 256 * 1024
@@ -47,7 +47,7 @@ def _describe(engine: EngineProcess) -> str:
 
 
 def _choose_engine(
-    engines: list[EngineProcess], target: Target, deadline: float
+    engines: list[EngineProcess], target: Target, scan: ListenerScan | None
 ) -> tuple[EngineProcess, str] | None:
     """The engine instance the target means, and why; None when no process tells."""
     if target.pids:
@@ -56,11 +56,9 @@ def _choose_engine(
             return named[0], f"detected from --pid: {_describe(named[0])} is a {named[0].profile}"
     if not engines:
         return None
-    try:
-        scan = listeners_of(target.port, deadline=deadline)
-        listening_pids = {lst.pid for lst in scan.listeners if lst.state == "LISTEN" and lst.pid}
-    except (OSError, ValueError):
-        listening_pids = set()
+    listening_pids = {
+        lst.pid for lst in (scan.listeners if scan else ()) if lst.state == "LISTEN" and lst.pid
+    }
     on_port = [e for e in engines if e.pid in listening_pids]
     if on_port:
         e = on_port[0]
@@ -145,9 +143,13 @@ def refine_target(target: Target, *, auto_profile: bool) -> Target:
     if not auto_profile and target.model is not None:
         return target
     profiles = [target.profile, *[p for p in all_builtin() if p.name != target.profile.name]]
-    deadline = time.monotonic() + min(_DETECT_BUDGET_S, target.timeout_s / 4)
-    engines, _complete = find_engines(profiles, deadline=deadline, extra_pids=target.pids)
-    chosen = _choose_engine(engines, target, deadline)
+    walked = time.monotonic()
+    deadline = walked + min(_DETECT_BUDGET_S, target.timeout_s / 4)
+    engines, complete = find_engines(profiles, deadline=deadline, extra_pids=target.pids)
+    named = any(e.pid in target.pids for e in engines)
+    # the port's sockets tell which engine serves it, unless --pid already named one
+    scan = _port_scan(target.port, deadline) if engines and not named else None
+    chosen = _choose_engine(engines, target, scan)
     refined = target
     if auto_profile:
         if chosen is not None:
@@ -170,7 +172,24 @@ def refine_target(target: Target, *, auto_profile: bool) -> Target:
             newest = max(with_model, key=lambda e: e.info.create_time or 0.0)
             assert newest.model is not None
             refined = refined.with_model(Path(newest.model), f"engine PID {newest.pid}")
+    if complete:
+        # lent to the run's facts, which read the same a few milliseconds later
+        sighting = Sighting(
+            taken=walked,
+            profiles=tuple(p.name for p in profiles),
+            pids=target.pids,
+            engines=tuple(engines),
+            listeners=scan,
+        )
+        refined = replace(refined, sighting=sighting)
     return refined
+
+
+def _port_scan(port: int, deadline: float) -> ListenerScan | None:
+    try:
+        return listeners_of(port, deadline=deadline)
+    except (OSError, ValueError):
+        return None
 
 
 def _a(noun: str) -> str:

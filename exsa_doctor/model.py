@@ -55,6 +55,28 @@ class Finding:
     data: Mapping[str, Any] = field(default_factory=dict)
 
 
+class EventKind(str, enum.Enum):
+    """The milestone a timeline event marks, set by whoever makes the event.
+
+    Renderers sort, colour and label events by their kind; `event` is words for people.
+    """
+
+    START = "start"
+    MODEL_VALIDATED = "model-validated"
+    MODEL_LOADING = "model-loading"
+    MODEL_LOADED = "model-loaded"
+    HTTP_STARTING = "http-starting"
+    LISTENING = "listening"
+    BIND_FAILED = "bind-failed"
+    MODEL_ERROR = "model-error"
+    ERROR = "error"
+    SHUTDOWN = "shutdown"
+    FAILED_REQUEST = "failed-request"
+    PORT_HOLDER = "port-holder"  # the process holding the target port started
+    OBSERVATION = "observation"  # what a probe saw while exsa-doctor ran
+    OTHER = "other"
+
+
 @dataclass(frozen=True)
 class TimelineEvent:
     """A point on the engine's start-up timeline; `t` is seconds since the epoch."""
@@ -62,6 +84,7 @@ class TimelineEvent:
     t: float
     source: str
     event: str
+    kind: EventKind
 
 
 @dataclass(frozen=True)

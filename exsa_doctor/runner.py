@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from exsa_doctor.context import Context, DeadlineExceeded
-from exsa_doctor.model import Diagnosis, ProbeResult, ProbeStatus
+from exsa_doctor.model import ProbeResult, ProbeStatus
 from exsa_doctor.probes.base import Probe, ProbeOutput
 from exsa_doctor.target import Target
 
@@ -194,12 +194,3 @@ def run_probes_for(
     ctx.stop_children()
     final_target = ctx.shared("target", lambda: target)
     return ProbeRun(final_target, tuple(results), started, started_wall)
-
-
-def diagnose(
-    target: Target, probes: Sequence[Probe], keep: list[Context] | None = None
-) -> Diagnosis:
-    """The same as `api.diagnose(target, probes=probes, keep=keep)` (kept for callers of old)."""
-    from exsa_doctor.api import diagnose as core_diagnose
-
-    return core_diagnose(target, probes=probes, keep=keep)

@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from exsa_doctor.model import TargetInfo
+from exsa_doctor.oslayer.types import EngineProcess, ListenerScan
 from exsa_doctor.profiles import (
     DEFAULT_PROFILE,
     Profile,
@@ -27,6 +28,21 @@ from exsa_doctor.profiles import (
 
 class UsageError(ValueError):
     """Input a person gave that cannot be used; the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """What engine detection read just before the run: the engine walk and the port's sockets.
+
+    The run's facts reuse it while it is fresh (`facts.engines`, `facts.port_listeners`) instead
+    of walking /proc again a few milliseconds later.
+    """
+
+    taken: float  # time.monotonic()
+    profiles: tuple[str, ...]  # the profile order the walk identified processes by
+    pids: tuple[int, ...]  # the --pid it included
+    engines: tuple[EngineProcess, ...]
+    listeners: ListenerScan | None  # the target port's sockets, when detection looked
 
 
 @dataclass(frozen=True)
@@ -47,13 +63,12 @@ class Target:
     watch_s: float = 0.0
     generate: bool | None = None  # None: only when health is OK
     timeout_s: float = 10.0
-    url_explicit: bool = False
-    port_explicit: bool = False
-    extra: Mapping[str, str] = field(default_factory=dict)
     # a log read on its own (support's pasted log): nothing of this machine is evidence
     offline: bool = False
     # logs that arrived as bytes, not files (`--log -`): name -> what was read
     inline_logs: Mapping[str, bytes] = field(default_factory=dict)
+    # what detection read (not part of what is diagnosed: never compared, never reported)
+    sighting: Sighting | None = field(default=None, compare=False, repr=False)
 
     @property
     def base_url(self) -> str:
@@ -203,11 +218,9 @@ def resolve_target(
         if pid <= 0:
             raise UsageError(f"--pid {pid}: a PID is a positive number")
     chosen, reason = choose_profile(profile, profile_file)
-    url_explicit = url is not None or "EXSA_URL" in env
     url_option = "--url"
     if url is None and env.get("EXSA_URL") is not None:
         url, url_option = env["EXSA_URL"], "EXSA_URL"
-    port_explicit = port is not None or url is not None or "PORT" in env
     if url is None:
         env_port = env.get(chosen.port_env or "PORT") or env.get("PORT")
         chosen_port = port or _int_or_none(env_port) or chosen.default_port
@@ -243,8 +256,6 @@ def resolve_target(
         watch_s=watch_s,
         generate=generate,
         timeout_s=timeout_s,
-        url_explicit=url_explicit,
-        port_explicit=port_explicit,
     )
 
 

@@ -1,7 +1,7 @@
 """Record the findings of the staged scenarios as labelled training examples for the weight fit.
 
-Builds each scenario of exsa_doctor/scenarios.py for real (real processes, ports, files, locks),
-diagnoses it, and writes one JSON line per run to fixtures/training/scenarios.jsonl: the
+Builds each scenario of exsa_doctor/demo/scenarios.py for real (real processes, ports, files,
+locks), diagnoses it, and writes one JSON line per run to fixtures/training/scenarios.jsonl: the
 scenario, the cause it was built to produce ("none" for the healthy engine) and the finding ids.
 These are training data (we built them); accuracy is measured on data we did not build.
 
@@ -20,8 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from exsa_doctor.demo import diagnose_scenario  # noqa: E402
+from exsa_doctor.demo.scenarios import EXPECTED_CAUSE, names, scenario  # noqa: E402
 from exsa_doctor.fitted import NONE_CLASS  # noqa: E402
-from exsa_doctor.scenarios import EXPECTED_CAUSE, names, scenario  # noqa: E402
 
 # The seed's own failure seen later: the request failed during the load, and by the time the
 # doctor runs the engine serves. Diagnosed once the engine answers healthy.

@@ -18,6 +18,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from exsa_doctor.oslayer.types import FileHolders, LockHolder
 
@@ -26,29 +27,54 @@ _MAX_MAPS_BYTES = 32 * 1024 * 1024  # a JVM or browser may map a lot; stop readi
 _LSOF_DEFAULT_TIMEOUT = 5.0
 
 
-def holders_of(path: str, deadline: float | None, pids: Iterable[int] | None = None) -> FileHolders:
+def holders_of(
+    path: str,
+    deadline: float | None,
+    pids: Iterable[int] | None = None,
+    *,
+    locks: LockTable | None = None,
+) -> FileHolders:
     """Processes that have `path` open, mapped or locked.
 
     `deadline` is a `time.monotonic()` value (None: no limit). `pids` restricts the per-process
     walk (open/mapped) to those processes; locks are always read for the whole system because
-    the lock table is one cheap global read.
+    the lock table is one cheap global read (`locks`: one already read, on Linux).
     """
     if sys.platform.startswith("linux") and os.path.isdir(f"{_PROC}/self/fd"):
-        return holders_procfs(path, deadline, pids, proc_root=_PROC)
+        return holders_procfs(path, deadline, pids, proc_root=_PROC, locks=locks)
     return holders_lsof(path, deadline, pids)
 
 
 # ----------------------------------------------------------------------------- Linux / procfs
 
 
-def parse_proc_locks(text: str, dev_major: int, dev_minor: int, inode: int) -> list[LockHolder]:
-    """Locks on one file from `/proc/locks` text.
+FileId = tuple[int, int, int]  # device major, device minor, inode: how /proc/locks names a file
+_MAX_LOCKS_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LockTable:
+    """The system's advisory locks (`/proc/locks`, read and parsed once): holders and waiters."""
+
+    entries: tuple[tuple[FileId, LockHolder], ...] = ()
+
+    def on(self, file: FileId) -> list[LockHolder]:
+        """Every lock and waiter on one file, in the table's order."""
+        return [holder for where, holder in self.entries if where == file]
+
+    def waited_for_by(self, pid: int) -> list[FileId]:
+        """The files on which `pid` waits for a lock (`->` lines)."""
+        return [where for where, h in self.entries if h.blocked and h.pid == pid]
+
+
+def lock_table(text: str) -> LockTable:
+    """`/proc/locks` text as a `LockTable`. Malformed lines are skipped.
 
     Lines look like `1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF`, waiters like
     `1: -> FLOCK  ADVISORY  WRITE 999 fd:01:5678 0 EOF`; the device is `MAJ:MIN` in hex, the
-    inode decimal. OFD locks show pid -1 (no owning process). Malformed lines are skipped.
+    inode decimal. OFD locks show pid -1 (no owning process).
     """
-    found: list[LockHolder] = []
+    found: list[tuple[FileId, LockHolder]] = []
     for line in text.splitlines():
         parts = line.split()
         if len(parts) < 6 or not parts[0].endswith(":"):
@@ -63,16 +89,33 @@ def parse_proc_locks(text: str, dev_major: int, dev_minor: int, inode: int) -> l
         if len(bits) != 3:
             continue
         try:
-            major, minor, ino = int(bits[0], 16), int(bits[1], 16), int(bits[2])
+            file = (int(bits[0], 16), int(bits[1], 16), int(bits[2]))
             pid = int(pid_s)
         except ValueError:
             continue
-        if (major, minor, ino) != (dev_major, dev_minor, inode):
-            continue
-        found.append(
-            LockHolder(pid=pid if pid > 0 else None, kind=kind, mode=mode, blocked=blocked)
-        )
-    return found
+        holder = LockHolder(pid=pid if pid > 0 else None, kind=kind, mode=mode, blocked=blocked)
+        found.append((file, holder))
+    return LockTable(tuple(found))
+
+
+def read_lock_table(proc_root: str = _PROC) -> LockTable:
+    """The system's lock table now (Linux; raises OSError where there is none to read)."""
+    text, _ = _read_bounded(f"{proc_root}/locks", _MAX_LOCKS_BYTES)
+    return lock_table(text.decode("ascii", errors="replace"))
+
+
+def parse_proc_locks(text: str, dev_major: int, dev_minor: int, inode: int) -> list[LockHolder]:
+    """Locks on one file from `/proc/locks` text (see `lock_table`)."""
+    return lock_table(text).on((dev_major, dev_minor, inode))
+
+
+def file_id(path: str) -> FileId | None:
+    """How `/proc/locks` and `/proc/PID/maps` name the file at `path`; None when it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return os.major(st.st_dev), os.minor(st.st_dev), st.st_ino
 
 
 def _read_bounded(path: str, limit: int) -> tuple[bytes, bool]:
@@ -114,6 +157,7 @@ def holders_procfs(
     pids: Iterable[int] | None = None,
     *,
     proc_root: str = _PROC,
+    locks: LockTable | None = None,
 ) -> FileHolders:
     """The procfs walk behind `holders_of` on Linux."""
     try:
@@ -131,10 +175,10 @@ def holders_procfs(
     base = os.path.basename(real)
     notes: list[str] = []
 
-    locks: list[LockHolder] = []
+    on_file: list[LockHolder] = []
     try:
-        text, _ = _read_bounded(f"{proc_root}/locks", 16 * 1024 * 1024)
-        locks = parse_proc_locks(text.decode("ascii", errors="replace"), major, minor, inode)
+        table = locks if locks is not None else read_lock_table(proc_root)
+        on_file = table.on((major, minor, inode))
     except OSError as exc:
         notes.append(f"cannot read {proc_root}/locks: {exc.strerror or exc}")
 
@@ -144,7 +188,7 @@ def holders_procfs(
         except OSError as exc:
             return FileHolders(
                 path=path,
-                locks=tuple(locks),
+                locks=tuple(on_file),
                 complete=False,
                 method="procfs",
                 notes=(*notes, f"cannot list {proc_root}: {exc.strerror or exc}"),
@@ -211,7 +255,7 @@ def holders_procfs(
         path=path,
         open_by=tuple(open_by),
         mapped_by=tuple(mapped_by),
-        locks=tuple(locks),
+        locks=tuple(on_file),
         complete=complete,
         hidden=hidden,
         method="procfs",

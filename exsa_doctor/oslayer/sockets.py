@@ -19,6 +19,7 @@ gives getaddrinfo's address order (the order a client tries them in).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import socket
@@ -31,7 +32,6 @@ from dataclasses import dataclass
 
 import psutil
 
-from exsa_doctor.oslayer.lsof import LsofError, run_lsof
 from exsa_doctor.oslayer.types import Listener, ListenerScan
 
 # Kernel TCP states (include/net/tcp_states.h).
@@ -50,6 +50,8 @@ _INET_DIAG_SKV6ONLY = 11
 _NLMSG_HDR = struct.Struct("=IHHII")
 _DIAG_REQ = struct.Struct("=BBBBI")
 _DIAG_MSG_LEN = 72  # struct inet_diag_msg
+_DIAG_MIN_LEN = 6  # enough of inet_diag_msg to read the local port
+_SPORT = struct.Struct(">H")
 _MAX_NETLINK_BYTES = 64 * 1024 * 1024  # a runaway dump must not eat memory
 
 _PROC_TCP_MAX_BYTES = 64 * 1024 * 1024
@@ -107,48 +109,98 @@ def _normal(text: str) -> str:
 # ---------------------------------------------------------------- Linux: kernel socket table
 
 
-def _diag_dump(family: int, states: int) -> list[_Sock]:
-    """TCP sockets of one family in `states` (a bitmask of 1 << state) via sock_diag netlink."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_SOCK_DIAG)
-    try:
-        sock.settimeout(1.0)  # the kernel answers at once; silence means no sock_diag
+class SockDiag:
+    """One sock_diag netlink socket, the only one in exsa-doctor: dumps of the kernel's TCP table.
+
+    `listeners_of` opens one for a scan; `wait` keeps one open and asks it every 30 ms whether a
+    port listens (`listens_on`), which costs about half of a refused TCP connect. Raises OSError
+    (no netlink: seccomp, another OS) or ValueError (a malformed answer) for the caller to fall
+    back on.
+    """
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._seq = 0
+
+    def __enter__(self) -> SockDiag:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def dump(self, family: int, states: int, limit: int | None = None) -> Iterator[bytes]:
+        """The `inet_diag_msg` payloads of one family's TCP sockets in `states` (a bitmask of
+        1 << state); ValueError past `limit` sockets (a table too large to ask cheaply)."""
+        for data, start, end in self._answer(family, states, limit, 1 << 20):
+            yield data[start:end]
+
+    def listens_on(self, families: Iterable[int], port: int, limit: int) -> bool:
+        """Whether a TCP socket of one of `families` listens on `port` (the local port only).
+
+        Asked every 30 ms by `wait`: the answer is read in place, without copying a message.
+        """
+        found = False
+        for family in families:
+            for data, start, _end in self._answer(family, 1 << _TCP_LISTEN, limit, 65536):
+                # inet_diag_msg: family, state, timer, retrans, then the big-endian sport
+                if _SPORT.unpack_from(data, start + 4)[0] == port:
+                    found = True  # read on to the end of the answer, keeping the socket in step
+        return found
+
+    def _answer(
+        self, family: int, states: int, limit: int | None, bufsize: int
+    ) -> Iterator[tuple[bytes, int, int]]:
+        """Send one dump request; yield (buffer, start, end) of each message payload."""
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_SOCK_DIAG)
+            self._sock.settimeout(1.0)  # the kernel answers at once; silence means no sock_diag
+        self._seq += 1
         req = _DIAG_REQ.pack(family, socket.IPPROTO_TCP, 0, 0, states) + bytes(48)
         hdr = _NLMSG_HDR.pack(
-            _NLMSG_HDR.size + len(req), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0
+            _NLMSG_HDR.size + len(req),
+            _SOCK_DIAG_BY_FAMILY,
+            _NLM_F_REQUEST | _NLM_F_DUMP,
+            self._seq,
+            0,
         )
-        sock.sendto(hdr + req, (0, 0))
-        found: list[_Sock] = []
-        total = 0
+        self._sock.sendto(hdr + req, (0, 0))
+        total = seen = 0
         while True:
-            data = sock.recv(1 << 20)
+            data = self._sock.recv(bufsize)
             total += len(data)
             if not data or total > _MAX_NETLINK_BYTES:
                 raise OSError("sock_diag dump ended unexpectedly")
-            done = False
-            for msg_type, payload in _netlink_messages(data):
+            off = 0
+            while off + _NLMSG_HDR.size <= len(data):
+                length, msg_type, _flags, seq, _pid = _NLMSG_HDR.unpack_from(data, off)
+                if length < _NLMSG_HDR.size:
+                    raise ValueError("bad netlink message")
+                start, end = off + _NLMSG_HDR.size, off + length
+                off += (length + 3) & ~3
+                if seq != self._seq:
+                    continue  # the tail of an earlier, abandoned answer
                 if msg_type == _NLMSG_DONE:
-                    done = True
-                    break
+                    return
                 if msg_type == _NLMSG_ERROR:
-                    (errno,) = struct.unpack_from("=i", payload, 0)
+                    (errno,) = struct.unpack_from("=i", data, start)
                     raise OSError(-errno, "sock_diag request refused")
-                parsed = _parse_diag_msg(payload)
-                if parsed is not None:
-                    found.append(parsed)
-            if done:
-                return found
-    finally:
-        sock.close()
+                seen += 1
+                if limit is not None and seen > limit:
+                    raise ValueError("too many sockets to ask cheaply")
+                if end - start >= _DIAG_MIN_LEN:
+                    yield data, start, end
+
+    def close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self._sock = None
 
 
-def _netlink_messages(data: bytes) -> Iterator[tuple[int, bytes]]:
-    off = 0
-    while off + _NLMSG_HDR.size <= len(data):
-        length, msg_type, _flags, _seq, _pid = _NLMSG_HDR.unpack_from(data, off)
-        if length < _NLMSG_HDR.size:
-            return
-        yield msg_type, data[off + _NLMSG_HDR.size : off + length]
-        off += (length + 3) & ~3
+def _diag_dump(family: int, states: int) -> list[_Sock]:
+    """TCP sockets of one family in `states` (a bitmask of 1 << state) via sock_diag netlink."""
+    with SockDiag() as diag:
+        return [s for s in map(_parse_diag_msg, diag.dump(family, states)) if s is not None]
 
 
 def _parse_diag_msg(payload: bytes) -> _Sock | None:
@@ -245,7 +297,7 @@ def _procfs_table() -> list[_Sock]:
 def _linux_table() -> tuple[list[_Sock], str]:
     try:
         return _netlink_table(), "sock_diag"
-    except OSError:
+    except (OSError, ValueError):
         return _procfs_table(), "procfs"
 
 
@@ -405,6 +457,8 @@ def lsof_address(name: str, kind: str | None) -> tuple[str, str, int] | None:
 
 
 def _lsof_listeners(port: int, deadline: float | None) -> ListenerScan:
+    from exsa_doctor.oslayer.lsof import run_lsof
+
     timeout = 5.0 if deadline is None else max(0.1, deadline - time.monotonic())
     records = run_lsof([f"-iTCP:{port}"], timeout=timeout, fields="pcuLftnT")
     listeners = []
@@ -443,6 +497,8 @@ def _lsof_listeners(port: int, deadline: float | None) -> ListenerScan:
 
 
 def _portable_listeners(port: int, deadline: float | None) -> ListenerScan:
+    from exsa_doctor.oslayer.lsof import LsofError
+
     try:
         return _psutil_listeners(port)
     except psutil.AccessDenied:

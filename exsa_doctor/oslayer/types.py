@@ -35,7 +35,6 @@ class EngineProcess:
     model: str | None  # from its command line or environment
     configured_port: int | None  # from its command line or environment
     configured_host: str | None
-    listening: tuple[tuple[str, int], ...] = ()  # (address, port) it listens on
 
     @property
     def pid(self) -> int:

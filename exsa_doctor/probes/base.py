@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from exsa_doctor.context import Context
-from exsa_doctor.model import Finding, Level, TimelineEvent
+from exsa_doctor.model import EventKind, Finding, Level, TimelineEvent
 
 
 class Probe:
@@ -52,5 +52,6 @@ class ProbeOutput:
         self.findings.append(finding)
         return finding
 
-    def event(self, t: float, source: str, event: str) -> None:
-        self.timeline.append(TimelineEvent(t=t, source=source, event=event))
+    def event(self, t: float, source: str, event: str, kind: EventKind) -> None:
+        """A timeline event: when, who saw it, words for people, and the milestone it marks."""
+        self.timeline.append(TimelineEvent(t=t, source=source, event=event, kind=kind))

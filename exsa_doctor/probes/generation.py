@@ -15,18 +15,17 @@ import json
 import time
 from dataclasses import dataclass, replace
 
-import httpx
-
 from exsa_doctor.context import Context
-from exsa_doctor.model import Level
+from exsa_doctor.facts import health
+from exsa_doctor.httpcheck import (
+    CONNECT_TIMEOUT_S,
+    BoundedExchange,
+    HTTPFailure,
+    request_path,
+)
+from exsa_doctor.model import EventKind, Level
 from exsa_doctor.parsers.sse import GenerationDecoder
 from exsa_doctor.probes.base import Probe, ProbeOutput
-from exsa_doctor.probes.health import (
-    CONNECT_TIMEOUT_S,
-    bounded_client,
-    describe_failure,
-    observe_health,
-)
 from exsa_doctor.target import Target
 
 MAX_STREAM_BYTES = 4 * 1024 * 1024
@@ -88,7 +87,6 @@ def generate_once(
     """POST the profile's generation request; stream, count and time it until `deadline`."""
     spec = target.profile.generation
     url = target.endpoint(spec.path)
-    client, counter = bounded_client(deadline, connect_s=connect_s, read_s=read_s)
     started_wall = time.time()
     started = time.monotonic()
 
@@ -101,23 +99,20 @@ def generate_once(
     read = 0
     ended = ""
     try:
-        with (
-            client,
-            client.stream(
+        with BoundedExchange(target, deadline, connect_s=connect_s, read_s=read_s) as exchange:
+            status, headers = exchange.open(
                 "POST",
-                url,
-                content=spec.body.encode("utf-8"),
-                headers={
+                request_path(spec.path),
+                {
                     "Content-Type": "application/json",
                     "Accept": "text/event-stream, application/json, application/x-ndjson",
                     "Accept-Encoding": "identity",
                 },
-            ) as resp,
-        ):
-            status = resp.status_code
+                spec.body.encode("utf-8"),
+            )
             if status >= 400:
                 body = bytearray()
-                for chunk in resp.iter_raw():
+                for chunk in exchange.body():
                     body += chunk[: MAX_ERROR_BODY - len(body)]
                     if len(body) >= MAX_ERROR_BODY:
                         break
@@ -132,8 +127,8 @@ def generate_once(
                     bytes_read=len(body),
                     ended="error status",
                 )
-            decoder = GenerationDecoder(spec.kind, resp.headers.get("content-type", ""))
-            for chunk in resp.iter_raw():
+            decoder = GenerationDecoder(spec.kind, headers.get("content-type", ""))
+            for chunk in exchange.body():
                 piece = chunk[: MAX_STREAM_BYTES - read]
                 read += len(piece)
                 if decoder.feed(piece):
@@ -146,8 +141,8 @@ def generate_once(
                     break
             else:
                 ended = "eof"
-    except httpx.HTTPError as exc:
-        failure = describe_failure(exc, counter)
+    except HTTPFailure as exc:
+        failure = exc.failure
         if status is None:
             if failure.kind == "timeout" and failure.phase != "connect":
                 return GenerationResult(
@@ -238,7 +233,7 @@ class GenerationProbe(Probe):
         if wanted is False:
             return "generation turned off (--no-generate)"
         if wanted is None:
-            obs = observe_health(ctx)
+            obs = health(ctx)
             if not obs.ready:
                 return f"the health endpoint is not ready ({obs.label}); --generate forces it"
         return None
@@ -258,7 +253,7 @@ class GenerationProbe(Probe):
             read_s=budget,
         )
         out = ProbeOutput()
-        out.event(result.t, "probe", f"generation: {result.outcome}")
+        out.event(result.t, "probe", f"generation: {result.outcome}", EventKind.OBSERVATION)
         self._findings(result, budget, out)
         return out
 

@@ -7,9 +7,8 @@ failure, out of memory, panic. With `--failed-at` it tells whether the failed re
 the engine listened (a race) or after.
 
 Only the newest run of a log decides the state; earlier runs (a log appended to by several
-starts) give `logs.restarts`. Reading is bounded (`parsers.logs.read_log`); llama.cpp's elapsed
-timestamps are anchored on the target engine's create time when it fits the log, else on the
-file's modification time.
+starts) give `logs.restarts`. Each log is read and parsed once per run (`facts.log_report`, which
+the port probe reads too).
 
 Finding ids: logs.missing, logs.started, logs.restarts, logs.model_validated, logs.model_loaded,
 logs.listening, logs.listening_other_address, logs.bind_failed, logs.model_error,
@@ -20,36 +19,23 @@ logs.failed_after_ready.
 
 from __future__ import annotations
 
-import errno as errno_mod
 import ipaddress
 import os
 import stat
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exsa_doctor.context import Context
-from exsa_doctor.model import Finding, Level
-from exsa_doctor.parsers.logs import (
-    LogBytes,
-    LogEvent,
-    LogReadError,
-    LogReport,
-    Run,
-    newest_start,
-    parse_log,
-    read_log,
-    split_address,
-)
+from exsa_doctor.facts import Unreadable, log_report
+from exsa_doctor.model import EventKind, Finding, Level
 from exsa_doctor.probes.base import Probe, ProbeOutput
-from exsa_doctor.signatures import Chain, Hit, read_chain
+
+if TYPE_CHECKING:  # the log parser and the signature tables load only when a log is read
+    from exsa_doctor.parsers.logs import LogEvent, LogReport, Run
+    from exsa_doctor.signatures import Chain, Hit
 
 LOADING_WINDOW_S = 600.0  # a load older than this is no longer "in progress" but stuck
-# How far an engine's create time may sit before the start its log implies (stamps written
-# later than the newest elapsed one push the file's mtime on) and still be that log's writer.
-_ANCHOR_BEFORE_S = 600.0
-_ANCHOR_AFTER_S = 2.0
 _WILDCARDS = frozenset({"0.0.0.0", "::", "*", "", "[::]"})
 # The findings the signature tables raise (exsa_doctor/signatures/*.toml; a test checks the list).
 SIGNATURE_FINDINGS = (
@@ -90,81 +76,6 @@ REFINED_FINDINGS = ("logs.privileged_port", "logs.bind_specific_host")
 _UNPRIVILEGED_PORT_START = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
 # Findings that say why the engine stopped: with one of them, "engine not running" is a symptom.
 _ERROR_KINDS = ("specific",)
-
-
-@dataclass(frozen=True)
-class Unreadable:
-    """A `--log` that could not be read, and why."""
-
-    path: str
-    reason: str
-
-
-def _reason(exc: OSError) -> str:
-    if isinstance(exc, LogReadError):
-        return str(exc)
-    if exc.errno == errno_mod.ENOENT:
-        return "no such file"
-    if exc.errno in (errno_mod.EACCES, errno_mod.EPERM):
-        return "permission denied"
-    if exc.errno == errno_mod.EISDIR:
-        return "is a directory"
-    return exc.strerror or str(exc)
-
-
-def _engine_anchor(ctx: Context, raw: LogBytes, last_elapsed: float) -> float | None:
-    """The create time of the target engine that fits as the writer of the log's newest run."""
-    try:
-        engines = ctx.target_engines()
-    except Exception:  # the process walk failing must not cost us the log
-        return None
-    implied = raw.mtime - last_elapsed  # when the newest run's clock was at zero, roughly
-    fits = [
-        e.info.create_time
-        for e in engines
-        if e.info.create_time is not None
-        and implied - _ANCHOR_BEFORE_S <= e.info.create_time <= implied + _ANCHOR_AFTER_S
-    ]
-    return max(fits) if fits else None
-
-
-def log_report(ctx: Context, path: Path) -> LogReport | Unreadable:
-    """One log, read and parsed once per run whichever probe asks first."""
-
-    def compute() -> LogReport | Unreadable:
-        inline = ctx.target.inline_logs.get(str(path))
-        try:
-            raw = (
-                LogBytes(data=inline, size=len(inline), skipped=0, mtime=ctx.started_wall)
-                if inline is not None
-                else read_log(path)
-            )
-        except OSError as exc:
-            return Unreadable(str(path), _reason(exc))
-        profile = ctx.target.profile
-        report = parse_log(raw, profile)
-        # an offline log is never anchored on a process of this machine
-        if (
-            not ctx.target.offline
-            and profile.timestamp_format == "elapsed"
-            and report.last_elapsed is not None
-        ):
-            anchor = _engine_anchor(ctx, raw, report.last_elapsed)
-            if anchor is not None and (report.anchor is None or abs(anchor - report.anchor) > 1e-3):
-                report = parse_log(raw, profile, anchor=anchor)
-        return report
-
-    return ctx.shared(f"logs:report:{os.path.abspath(path)}", compute)
-
-
-def last_start_time(ctx: Context) -> float | None:
-    """The newest start-marker time across the target's logs (None: no log, or no times)."""
-
-    def compute() -> float | None:
-        reports = [r for p in ctx.target.logs if isinstance(r := log_report(ctx, p), LogReport)]
-        return newest_start(reports)
-
-    return ctx.shared("logs:last_start", compute)
 
 
 def _clock(t: float | None) -> str:
@@ -285,7 +196,8 @@ class LogsProbe(Probe):
                 and f.id != "logs.bind_failed"
                 and isinstance(f.data.get("t"), float)
             ):
-                out.event(f.data["t"], "log", f"error: {f.summary}")
+                kind = _STAGE_KINDS.get(str(f.data.get("stage")), EventKind.ERROR)
+                out.event(f.data["t"], "log", f"error: {f.summary}", kind)
         out.detail = self._detail(reports, primary)
         return out
 
@@ -314,6 +226,8 @@ class LogsProbe(Probe):
         lines alone say the engine failed without saying why; a fatal-looking line no signature
         knows is quoted as logs.unrecognised_error.
         """
+        from exsa_doctor.signatures import read_chain
+
         chains: list[tuple[Path, LogReport, Chain]] = []
         for path, report in reports:
             run = report.last_run
@@ -403,6 +317,8 @@ class LogsProbe(Probe):
         data.setdefault("reason", hit.line)  # the engine's own words; the summary explains them
         data["explanation"] = summary
         if sig.finding == "logs.bind_failed" or "address" in data:
+            from exsa_doctor.parsers.logs import split_address
+
             host, port = split_address(data.get("address"))
             if data.get("host"):
                 host = data["host"]
@@ -667,6 +583,8 @@ class LogsProbe(Probe):
             return False
 
     def _other_address(self, ctx: Context, out: ProbeOutput, address: str | None) -> None:
+        from exsa_doctor.parsers.logs import split_address
+
         host, port = split_address(address)
         if host is None and port is None:
             return
@@ -733,7 +651,7 @@ class LogsProbe(Probe):
                     else (_timeline_text(event, run) if event.marker == "bind_failed" else None)
                 )
                 if text:
-                    out.event(event.t, "log", text)
+                    out.event(event.t, "log", text, _MARKER_KINDS[event.marker])
 
     @staticmethod
     def _detail(reports: list[tuple[Path, LogReport]], primary: LogReport) -> str:
@@ -753,6 +671,8 @@ class LogsProbe(Probe):
                 if present
             ]
             parts.append("newest run: " + (", ".join(states) or "no lifecycle line"))
+            from exsa_doctor.signatures import read_chain
+
             chain = read_chain(primary.hits, run.listening.lineno if run.listening else None)
             if chain.root is not None:
                 parts.append(f"error: {chain.root.signature.id}")
@@ -812,6 +732,26 @@ def _unprivileged_port_start() -> int:
 
 def _is_traceback(hits: tuple[Hit, ...]) -> bool:
     return any(h.signature.id == "generic.python-exception" for h in hits)
+
+
+# The milestone each timeline line of the log marks: by the profile marker that matched it, and
+# for the causal chain's root, by the start-up stage its signature names.
+_MARKER_KINDS = {
+    "start": EventKind.START,
+    "model_validated": EventKind.MODEL_VALIDATED,
+    "model_loading": EventKind.MODEL_LOADING,
+    "model_loaded": EventKind.MODEL_LOADED,
+    "binding": EventKind.HTTP_STARTING,
+    "listening": EventKind.LISTENING,
+    "bind_failed": EventKind.BIND_FAILED,
+    "shutdown": EventKind.SHUTDOWN,
+}
+_STAGE_KINDS = {
+    "model-open": EventKind.MODEL_ERROR,
+    "model-load": EventKind.MODEL_ERROR,
+    "weights": EventKind.MODEL_ERROR,
+    "bind": EventKind.BIND_FAILED,
+}
 
 
 def _timeline_text(event: LogEvent, run: Run) -> str | None:

@@ -7,8 +7,9 @@ more bytes than the file has (a cut download), less free memory than the file's 
 processes that open, map or lock it. "Other" means not the target engine and not us; a lock the
 engine holds itself is normal and not reported.
 
-The header is read by our own bounded parser (`parsers.gguf`), never memory-mapped; the holders
-come from one pass over /proc (lsof elsewhere) shared with the stack probe via `model_holders`.
+The header is read by our own bounded parser (`parsers.gguf`), never memory-mapped; the path and
+the holders (one pass over /proc, lsof elsewhere) are the run's shared facts (`facts.model_path`,
+`facts.model_holders`), which the stack and progress probes read too.
 
 Finding ids: model.ok, model.missing, model.unreadable, model.empty, model.bad_magic,
 model.invalid_header, model.truncated, model.open_by_other, model.mapped_by_other,
@@ -21,63 +22,15 @@ import contextlib
 import errno
 import os
 import re
-import time
 
 import psutil
 
 from exsa_doctor.context import Context
+from exsa_doctor.facts import model_holders, model_path, target_engines
 from exsa_doctor.model import Level
-from exsa_doctor.oslayer.files import holders_of
 from exsa_doctor.oslayer.types import FileHolders, LockHolder
 from exsa_doctor.parsers.gguf import GGUFError, GGUFHeader, read_gguf_header
 from exsa_doctor.probes.base import Probe, ProbeOutput
-
-_HOLDERS_BUDGET_S = 2.5
-
-
-def model_path(ctx: Context) -> tuple[str, str] | None:
-    """The model file under diagnosis and where we learnt it, or None when nobody says.
-
-    The user's `--model`/`MODEL_PATH` wins; otherwise the target engine's own model, made absolute
-    against that engine's working directory when it was given relative.
-    """
-
-    def compute() -> tuple[str, str] | None:
-        target = ctx.target
-        if target.model is not None:
-            return os.path.abspath(os.path.expanduser(str(target.model))), target.model_source
-        try:
-            engines = ctx.target_engines()
-        except Exception:  # the engine walk failing must not cost us the model checks
-            return None
-        for engine in sorted(engines, key=lambda e: e.info.create_time or 0.0, reverse=True):
-            if not engine.model:
-                continue
-            path = os.path.expanduser(engine.model)
-            if not os.path.isabs(path):
-                try:
-                    path = os.path.join(psutil.Process(engine.pid).cwd(), path)
-                except (psutil.Error, OSError):
-                    continue
-            return os.path.normpath(path), f"engine pid {engine.pid}"
-        return None
-
-    return ctx.shared("model:path", compute)
-
-
-def model_holders(ctx: Context) -> FileHolders | None:
-    """Who opens, maps and locks the model; computed once per run, whichever probe asks first."""
-    found = model_path(ctx)
-    if found is None:
-        return None
-    path = found[0]
-
-    def compute() -> FileHolders:
-        deadline = min(ctx.deadline - 0.2, time.monotonic() + _HOLDERS_BUDGET_S)
-        return holders_of(path, deadline)
-
-    return ctx.shared(f"holders:{path}", compute)
-
 
 _SHARD = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
@@ -340,7 +293,7 @@ class ModelProbe(Probe):
         pids = set(ctx.target.pids)
         # without the engine list, every holder but --pid counts as other
         with contextlib.suppress(Exception):
-            pids.update(e.pid for e in ctx.target_engines())
+            pids.update(e.pid for e in target_engines(ctx))
         return pids
 
     def _check_holders(self, out: ProbeOutput, holders: FileHolders, engine: set[int]) -> None:

@@ -1,17 +1,16 @@
 """The port probe: who holds the target port, and is it the engine the user means?
 
 Symptom: "connection refused", "Address already in use", or an answer from the wrong program.
-One scan of the port (`oslayer.sockets.listeners_of`, shared as `listeners:<port>` so other
-probes reuse it) tells apart: nothing listening, the engine listening, a foreign program or a
-stale engine instance holding it, a socket bound but not listening (refuses connections yet
-blocks `bind()`), an owner hidden by permissions, the engine listening elsewhere, and `localhost`
-resolving to the family the engine does not listen on.
+One scan of the port (`facts.port_listeners`, the run's shared scan) tells apart: nothing
+listening, the engine listening, a foreign program or a stale engine instance holding it, a socket
+bound but not listening (refuses connections yet blocks `bind()`), an owner hidden by
+permissions, the engine listening elsewhere, and `localhost` resolving to the family the engine
+does not listen on.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import ipaddress
 import os
 import shlex
@@ -23,10 +22,11 @@ from typing import Any
 import psutil
 
 from exsa_doctor.context import Context
-from exsa_doctor.model import Level
+from exsa_doctor.facts import engine_ports, engines, last_log_start, meant_for_port, port_listeners
+from exsa_doctor.model import EventKind, Level
 from exsa_doctor.oslayer.files import same_file
 from exsa_doctor.oslayer.procs import engine_from, identify, output_file_of
-from exsa_doctor.oslayer.sockets import listeners_of, listening_ports_of, resolve_localhost
+from exsa_doctor.oslayer.sockets import resolve_localhost
 from exsa_doctor.oslayer.types import EngineProcess, Listener, ListenerScan
 from exsa_doctor.probes.base import Probe, ProbeOutput
 from exsa_doctor.profiles import ProfileError, all_builtin, load_builtin
@@ -35,12 +35,6 @@ from exsa_doctor.profiles import ProfileError, all_builtin, load_builtin
 # earlier than the log's latest start is an older instance, not the one that wrote it.
 _LOG_START_TOLERANCE_S = 3.0
 _WILDCARDS = {"0.0.0.0", "::"}
-
-
-def shared_listeners(ctx: Context, port: int, deadline: float | None = None) -> ListenerScan:
-    """The one scan of `port` per run, whichever probe asks first."""
-    limit = ctx.deadline - 0.2 if deadline is None else deadline
-    return ctx.shared(f"listeners:{port}", lambda: listeners_of(port, limit))
 
 
 def format_address(address: str, port: int) -> str:
@@ -182,19 +176,6 @@ def _resolved(ctx: Context) -> list[str]:
     return ctx.shared(f"resolve:{host}", lambda: resolve_localhost(host, ctx.io_timeout(1.0)))
 
 
-def _last_log_start(ctx: Context) -> float | None:
-    """The log's latest start time, from the logs probe's parser (absent: no opinion)."""
-    try:
-        logs = importlib.import_module("exsa_doctor.probes.logs")
-    except ImportError:
-        return None
-    last_start_time = getattr(logs, "last_start_time", None)
-    if last_start_time is None:
-        return None
-    value = last_start_time(ctx)
-    return float(value) if isinstance(value, (int, float)) else None
-
-
 def _is_local(addresses: Sequence[str]) -> bool:
     local: set[str] = set(_WILDCARDS)
     try:
@@ -257,7 +238,7 @@ class PortProbe(Probe):
         started = time.monotonic()
         # our own budget, inside the run's deadline, with a margin to build the findings
         deadline = min(ctx.deadline - 0.2, started + self.timeout_s - 0.5)
-        scan = shared_listeners(ctx, port, deadline)
+        scan = port_listeners(ctx, port, deadline)
         resolved = [client_address(a) for a in _resolved(ctx)]
         v6default = _v6_default_only()
 
@@ -340,8 +321,8 @@ class PortProbe(Probe):
     # ------------------------------------------------------------------ pieces
 
     def _engines(self, ctx: Context) -> dict[int, EngineProcess]:
-        engines, _complete = ctx.engines()
-        return {e.pid: e for e in engines}
+        found, _complete = engines(ctx)
+        return {e.pid: e for e in found}
 
     def _identify(self, ctx: Context, pid: int) -> EngineProcess | None:
         """Identify one listener directly, when the shared engine walk did not reach it."""
@@ -423,6 +404,7 @@ class PortProbe(Probe):
                 owner.started,
                 "port",
                 f"PID {ls.pid} ({owner.name or '?'}) started; it listens on {address}",
+                EventKind.PORT_HOLDER,
             )
         if engine is None:
             out.add(
@@ -487,14 +469,14 @@ class PortProbe(Probe):
         created = engine.info.create_time
         if created is None:
             return None
-        engines, _ = ctx.engines()
+        found, _ = engines(ctx)
         newer = [
             e
-            for e in engines
+            for e in found
             if e.pid != engine.pid
             and e.profile == target.profile.name
             and e.info.state not in ("zombie", "dead")
-            and (e.configured_port or target.profile.default_port) == port
+            and meant_for_port(e, port, target.profile.default_port)
             and e.info.create_time is not None
             and e.info.create_time > created
         ]
@@ -504,7 +486,7 @@ class PortProbe(Probe):
                 f"an older instance: PID {latest.pid} was started later for the same port "
                 "and cannot bind it"
             )
-        log_start = _last_log_start(ctx)
+        log_start = last_log_start(ctx)
         if log_start is not None and created < log_start - _LOG_START_TOLERANCE_S:
             age = log_start - created
             return f"started {age:.0f} s before the latest start in the log"
@@ -577,7 +559,7 @@ class PortProbe(Probe):
         if not live:
             return 0
         live.sort(key=lambda e: -(e.info.create_time or 0.0))  # newest first
-        ports = listening_ports_of([e.pid for e in live], ctx.deadline - 0.2)
+        ports = engine_ports(ctx)
         count = 0
         for engine in live:
             for address, port in ports.get(engine.pid, []):
@@ -647,4 +629,4 @@ def _health_path(ctx: Context, profile_name: str) -> str:
         return ctx.target.profile.health.path
 
 
-__all__ = ["PortProbe", "covers", "format_address", "shared_listeners", "url_for"]
+__all__ = ["PortProbe", "covers", "format_address", "url_for"]

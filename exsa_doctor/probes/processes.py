@@ -16,7 +16,8 @@ from typing import Any
 import psutil
 
 from exsa_doctor.context import Context
-from exsa_doctor.model import Level
+from exsa_doctor.facts import engines, target_engines
+from exsa_doctor.model import EventKind, Level
 from exsa_doctor.oslayer.types import EngineProcess
 from exsa_doctor.probes.base import Probe, ProbeOutput
 
@@ -99,16 +100,16 @@ class ProcessesProbe(Probe):
         out = ProbeOutput()
         target = ctx.target
         now = time.time()
-        engines, complete = ctx.engines()
+        found, complete = engines(ctx)
         profile = target.profile.name
 
         # what the user means: the named PIDs, else the instances of the target profile meant
         # for the target port (all of them when none is configured for it)
-        of_profile = [e for e in engines if e.profile == profile]
-        meant = ctx.target_engines()
+        of_profile = [e for e in found if e.profile == profile]
+        meant = target_engines(ctx)
         live_meant = _newest_first([e for e in meant if _live(e)])
         live_profile = _newest_first([e for e in of_profile if _live(e)])
-        live_all = _newest_first([e for e in engines if _live(e)])
+        live_all = _newest_first([e for e in found if _live(e)])
 
         for pid in target.pids:
             if _pid_gone(pid):
@@ -122,7 +123,7 @@ class ProcessesProbe(Probe):
                     )
                 )
 
-        zombies = [e for e in engines if e.info.state == "zombie"]
+        zombies = [e for e in found if e.info.state == "zombie"]
         if zombies:
             # the instance the user means first, then the newest
             meant_pids = {e.pid for e in meant}
@@ -170,7 +171,7 @@ class ProcessesProbe(Probe):
             for e in live_meant:
                 if e.info.create_time is not None:
                     started = f"engine process started (PID {e.pid})"
-                    out.event(e.info.create_time, self.name, started)
+                    out.event(e.info.create_time, self.name, started, EventKind.START)
             age = now - chosen.info.create_time if chosen.info.create_time is not None else None
             if age is not None and age < YOUNG_S:
                 out.add(

@@ -10,6 +10,8 @@ samples the target engine over a window and watches:
 - the port: a cheap TCP connect every ~100 ms (refused -> listening), and one health GET when
   the connect succeeds (listening -> healthy).
 
+An engine that serves on another port after loading (its profile listens only once loaded) has
+no load to watch, and is skipped unless `--watch` asks (`facts.loaded_elsewhere`).
 The window is short (~0.6 s) in a plain run and `--watch` seconds otherwise, never past the run's
 deadline; it stops early once the answer is certain (the engine became ready, or, when not
 watching, it clearly makes progress). Finding ids: progress.loading, progress.stalled,
@@ -31,11 +33,18 @@ from pathlib import Path
 import psutil
 
 from exsa_doctor.context import Context
-from exsa_doctor.model import Level
+from exsa_doctor.facts import (
+    engine_ports,
+    health,
+    live,
+    loaded_elsewhere,
+    model_path,
+    target_engines,
+)
+from exsa_doctor.httpcheck import check_health
+from exsa_doctor.model import EventKind, Level
 from exsa_doctor.oslayer.types import EngineProcess
 from exsa_doctor.probes.base import Probe, ProbeOutput
-from exsa_doctor.probes.health import check_health, observe_health
-from exsa_doctor.probes.modelfile import model_path
 
 DEFAULT_WINDOW_S = 0.6
 CONNECT_EVERY_S = 0.1
@@ -219,13 +228,13 @@ class Watch:
 
 
 def _model_path(ctx: Context, engines: Sequence[EngineProcess]) -> str | None:
-    """The model under diagnosis (the model probe's answer), else this engine's own."""
+    """The model under diagnosis (`facts.model_path`), else this engine's own."""
     found = model_path(ctx)
     return found[0] if found is not None else next((e.model for e in engines if e.model), None)
 
 
 def live_engines(ctx: Context) -> list[EngineProcess]:
-    return [e for e in ctx.target_engines() if e.info.state not in ("zombie", "dead")]
+    return live(target_engines(ctx))
 
 
 class ProgressProbe(Probe):
@@ -249,10 +258,14 @@ class ProgressProbe(Probe):
     )
 
     def applies(self, ctx: Context) -> str | None:
-        if not live_engines(ctx):
+        engines = live_engines(ctx)
+        if not engines:
             return "no live engine process to watch"
-        if ctx.target.watch_s == 0 and observe_health(ctx).ready:
+        if ctx.target.watch_s == 0 and health(ctx).ready:
             return "the engine already serves (use --watch to watch it anyway)"
+        loaded = loaded_elsewhere(ctx, engines) if ctx.target.watch_s == 0 else None
+        if loaded is not None:
+            return f"{loaded} (use --watch to watch it anyway)"
         return None
 
     def run(self, ctx: Context) -> ProbeOutput:
@@ -286,7 +299,9 @@ class ProgressProbe(Probe):
             after = round(time.monotonic() - started, 3)
             if state:
                 transitions.append({"from": state, "to": new, "t": now_wall, "after_s": after})
-                out.event(now_wall, "probe", f"progress: {state} -> {new}")
+                # a port that opens is a milestone; the rest is what the probe saw
+                kind = EventKind.LISTENING if new == "listening" else EventKind.OBSERVATION
+                out.event(now_wall, "probe", f"progress: {state} -> {new}", kind)
             state = new
 
         while True:
@@ -439,10 +454,5 @@ class ProgressProbe(Probe):
 
 def _listens_anywhere(ctx: Context, pids: list[int]) -> bool:
     """An engine that listens (on any port) has finished loading: idle, not stalled."""
-    from exsa_doctor.oslayer.sockets import listening_ports_of
-
-    try:
-        ports = listening_ports_of(pids, ctx.deadline - 0.1)
-    except OSError:
-        return False
+    ports = engine_ports(ctx)
     return any(ports.get(pid) for pid in pids)

@@ -12,8 +12,10 @@ arguments) tell:
 Python engines also get a `py-spy dump` (bounded in time and output; py-spy can hang, so its
 process is killed by PID on timeout); others a wchan summary -> stack.dump.
 
-Runs only when a target engine is alive and the health endpoint is not ready. Linux only for the
-thread states; elsewhere only the py-spy dump is attempted.
+Runs only when a target engine is alive, the health endpoint is not ready, and the engine does
+not serve on another port after loading (`facts.loaded_elsewhere`: nothing is stuck there). Linux
+only for the thread states; elsewhere only the py-spy dump is attempted. The lock table and the
+model's holders are the run's shared facts.
 """
 
 from __future__ import annotations
@@ -32,15 +34,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exsa_doctor.context import Context
+from exsa_doctor.facts import (
+    health,
+    live,
+    loaded_elsewhere,
+    lock_table,
+    model_holders,
+    model_path,
+    target_engines,
+)
 from exsa_doctor.model import Level
+from exsa_doctor.oslayer.files import FileId, LockTable, file_id
 from exsa_doctor.oslayer.types import EngineProcess, LockHolder
 from exsa_doctor.probes.base import Probe, ProbeOutput
-from exsa_doctor.probes.health import observe_health
-from exsa_doctor.probes.modelfile import model_path
 
 MAX_THREADS = 256
 MAX_DUMP_BYTES = 16 * 1024
-MAX_LOCKS_BYTES = 4 * 1024 * 1024
 SNAPSHOTS = 3
 SNAPSHOT_GAP_S = 0.1
 MAX_PIDS = 4
@@ -170,74 +179,35 @@ class LockWait:
     tid: int
     call: str
     path: str | None
-    dev: tuple[int, int, int] | None  # major, minor, inode
+    dev: FileId | None  # device major, minor, inode
     holders: tuple[LockHolder, ...]
 
 
-def _proc_locks() -> str:
-    try:
-        with open("/proc/locks", "rb") as fh:
-            return fh.read(MAX_LOCKS_BYTES).decode("ascii", errors="replace")
-    except OSError:
-        return ""
-
-
-def _locks_on(text: str, dev: tuple[int, int, int]) -> list[LockHolder]:
-    from exsa_doctor.oslayer.files import parse_proc_locks
-
-    return parse_proc_locks(text, *dev)
-
-
-def _waiting_on(text: str, pid: int) -> list[tuple[int, int, int]]:
-    """Files (major, minor, inode) on which /proc/locks lists `pid` as a waiter (`->`)."""
-    found: list[tuple[int, int, int]] = []
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) < 7 or parts[1] != "->":
-            continue
-        try:
-            if int(parts[5]) != pid:
-                continue
-            major, minor, ino = parts[6].split(":")
-            found.append((int(major, 16), int(minor, 16), int(ino)))
-        except ValueError:
-            continue
-    return found
-
-
-def _identity(path: str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return os.major(st.st_dev), os.minor(st.st_dev), st.st_ino
-
-
 def find_lock_waits(
-    pid: int, threads: list[ThreadState], machine: str, model: str | None, locks: str
+    pid: int, threads: list[ThreadState], machine: str, model: str | None, locks: LockTable
 ) -> list[LockWait]:
     """The threads of `pid` that wait for a lock, each with the file and its other holders."""
-    model_id = _identity(model) if model else None
+    model_id = file_id(model) if model else None
     waits: list[LockWait] = []
     for th in threads:
         if not th.lock_wait(machine):
             continue
         call = th.lock_call(machine) or th.wchan
         path: str | None = None
-        dev: tuple[int, int, int] | None = None
+        dev: FileId | None = None
         if th.lock_call(machine) and th.args:
             fd_link = f"/proc/{pid}/fd/{th.args[0]}"
             with contextlib.suppress(OSError):
                 path = os.readlink(fd_link)
-            dev = _identity(fd_link)
+            dev = file_id(fd_link)
         if dev is None:
             # No syscall arguments (hidden): /proc/locks lists the waiter itself.
-            waiting = _waiting_on(locks, pid)
+            waiting = locks.waited_for_by(pid)
             dev = waiting[0] if waiting else model_id
             if dev is not None and dev == model_id:
                 path = model
         holders = (
-            tuple(h for h in _locks_on(locks, dev) if not h.blocked and h.pid != pid)
+            tuple(h for h in locks.on(dev) if not h.blocked and h.pid != pid)
             if dev is not None
             else ()
         )
@@ -245,18 +215,14 @@ def find_lock_waits(
     return waits
 
 
-def _model_holders(ctx: Context) -> tuple[LockHolder, ...]:
-    """Lock holders of the model from the model probe's shared scan, when that probe exists."""
-    try:
-        from exsa_doctor.probes.modelfile import model_holders
-    except ImportError:
-        return ()
+def _model_locks(ctx: Context) -> tuple[LockHolder, ...]:
+    """Lock holders of the model, from the run's shared holder scan."""
     holders = model_holders(ctx)
     return tuple(holders.locks) if holders is not None else ()
 
 
 def _model_path(ctx: Context, engine: EngineProcess) -> str | None:
-    """The model under diagnosis (the model probe's answer), else this engine's own."""
+    """The model under diagnosis (`facts.model_path`), else this engine's own."""
     found = model_path(ctx)
     return found[0] if found is not None else engine.model
 
@@ -357,12 +323,14 @@ class StackProbe(Probe):
 
     def applies(self, ctx: Context) -> str | None:
         self._started = time.monotonic()
-        live = [e for e in ctx.target_engines() if e.info.state not in ("zombie", "dead")]
-        if not live:
+        engines = live(target_engines(ctx))
+        if not engines:
             return "no live engine process"
-        obs = observe_health(ctx)
-        if obs.ready:
+        if health(ctx).ready:
             return "the engine serves; nothing is stuck"
+        loaded = loaded_elsewhere(ctx, engines)
+        if loaded is not None:
+            return f"{loaded}; nothing is stuck"
         return None
 
     def run(self, ctx: Context) -> ProbeOutput:
@@ -371,10 +339,9 @@ class StackProbe(Probe):
             started + self.timeout_s - _MARGIN_S, time.monotonic() + ctx.remaining() - 0.2
         )
         out = ProbeOutput()
-        live = [e for e in ctx.target_engines() if e.info.state not in ("zombie", "dead")]
         machine = os.uname().machine if hasattr(os, "uname") else platform.machine()
         details: list[str] = []
-        for engine in live[:MAX_PIDS]:
+        for engine in live(target_engines(ctx))[:MAX_PIDS]:
             details.append(self._one(ctx, engine, machine, deadline, out))
         out.detail = "; ".join(details)
         return out
@@ -428,14 +395,13 @@ class StackProbe(Probe):
         pid = engine.pid
         last = snapshots[-1]
         model = _model_path(ctx, engine)
-        locks = _proc_locks()
-        waits = find_lock_waits(pid, last, machine, model, locks)
-        model_id = _identity(model) if model else None
+        waits = find_lock_waits(pid, last, machine, model, lock_table(ctx))
+        model_id = file_id(model) if model else None
         for wait in waits:
             holders = wait.holders
             on_model = model_id is None or wait.dev == model_id
             if not holders and on_model and model_id is not None:
-                holders = tuple(h for h in _model_holders(ctx) if not h.blocked and h.pid != pid)
+                holders = tuple(h for h in _model_locks(ctx) if not h.blocked and h.pid != pid)
             if not holders or not on_model:
                 continue
             holder = holders[0]

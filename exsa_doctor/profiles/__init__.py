@@ -23,6 +23,10 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 DEFAULT_PROFILE = "exsa-engine"
+# When an engine binds its port, against when its model is loaded. With "load-then-bind"
+# (exsa-engine, llama-cpp-python) and "bind-then-listen" (vLLM: bound early, listening once built)
+# a listening socket means the model is loaded; with "bind-then-load" (llama-server, Ollama) not.
+BIND_ORDERS = ("load-then-bind", "bind-then-load", "bind-then-listen")
 
 
 class ProfileError(ValueError):
@@ -289,6 +293,11 @@ class Profile:
                 )
         return out
 
+    @property
+    def listens_when_loaded(self) -> bool:
+        """Whether a listening socket means the model is loaded (`BIND_ORDERS`)."""
+        return self.bind_order in ("load-then-bind", "bind-then-listen")
+
     def compiled_markers(self) -> dict[str, re.Pattern[str]]:
         return _compile_markers(tuple(sorted(self.markers.items())))
 
@@ -386,11 +395,14 @@ def profile_from_mapping(raw: Mapping[str, Any], source: str = "") -> Profile:
         port = raw.get("default_port", 3000)
         if not isinstance(port, int) or not 0 < port < 65536:
             raise ProfileError("'default_port' must be a port number")
+        bind_order = _str(raw, "bind_order", "load-then-bind")
+        if bind_order not in BIND_ORDERS:
+            raise ProfileError(f"'bind_order' must be one of {', '.join(BIND_ORDERS)}")
         profile = Profile(
             name=_str(raw, "name") or "custom",
             description=_str(raw, "description"),
             default_port=port,
-            bind_order=_str(raw, "bind_order", "load-then-bind"),
+            bind_order=bind_order,
             executables=_tuple_of(proc, "executables", str),
             cmdline_regexes=_tuple_of(proc, "cmdline_regexes", str),
             port_env=_str(cfg, "port_env"),

@@ -1,8 +1,7 @@
 """Helpers every renderer shares: safe text, UTC times, and reading the start-up timeline.
 
-Timeline events are free text from the log probe (`engine started`, `model loaded (12.1 s)`,
-`listening on http://...`, `bind failed: ...`) plus the client's `request failed`; `event_kind`
-maps them to a small fixed vocabulary by keyword so every format marks the same milestones.
+Every timeline event carries the milestone it marks (`model.EventKind`), set by the probe that
+made it; every format marks the same milestones by reading that kind, never the event's words.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from exsa_doctor.model import Diagnosis, RankedCause, TimelineEvent
+from exsa_doctor.model import Diagnosis, EventKind, RankedCause, TimelineEvent
 
 # C0 controls except tab/newline, DEL, C1 controls, and code points that are not characters.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffe\uffff\ud800-\udfff]")
@@ -145,80 +144,27 @@ def inconclusive_reason(diagnosis: Diagnosis) -> str:
 
 # kind -> label; the kinds are stable (HTML data-event attributes, tests).
 KIND_LABELS = {
-    "start": "engine start",
-    "model-validated": "model validated",
-    "model-loading": "loading model",
-    "model-loaded": "model loaded",
-    "http-starting": "binding port",
-    "listening": "listening",
-    "bind-failed": "bind failed",
-    "model-error": "model error",
-    "error": "fatal error",
-    "shutdown": "shutdown",
-    "failed-request": "request failed",
-    "port-holder": "port holder started",
-    "observation": "probe saw",
-    "other": "event",
+    EventKind.START.value: "engine start",
+    EventKind.MODEL_VALIDATED.value: "model validated",
+    EventKind.MODEL_LOADING.value: "loading model",
+    EventKind.MODEL_LOADED.value: "model loaded",
+    EventKind.HTTP_STARTING.value: "binding port",
+    EventKind.LISTENING.value: "listening",
+    EventKind.BIND_FAILED.value: "bind failed",
+    EventKind.MODEL_ERROR.value: "model error",
+    EventKind.ERROR.value: "fatal error",
+    EventKind.SHUTDOWN.value: "shutdown",
+    EventKind.FAILED_REQUEST.value: "request failed",
+    EventKind.PORT_HOLDER.value: "port holder started",
+    EventKind.OBSERVATION.value: "probe saw",
+    EventKind.OTHER.value: "event",
 }
 FATAL_KINDS = frozenset({"bind-failed", "model-error", "error"})
 
 
-# How the logs probe words its events (probes/logs.py `_timeline_text`), matched first so a
-# path inside an event ("loading model /m/failing.gguf") cannot change its meaning.
-_PREFIXES = (
-    ("engine started", "start"),
-    ("engine process started", "start"),
-    ("model validated", "model-validated"),
-    ("loading model", "model-loading"),
-    ("model loaded", "model-loaded"),
-    ("starting http server", "http-starting"),
-    ("listening", "listening"),
-    ("bind failed", "bind-failed"),
-    ("shut down", "shutdown"),
-    ("model error", "model-error"),
-    ("model path unset", "model-error"),
-    ("mmap failed", "error"),
-    ("oom", "error"),
-    ("panic", "error"),
-    ("request failed", "failed-request"),
-)
-
-
 def event_kind(event: TimelineEvent) -> str:
-    """The milestone an event marks (a key of `KIND_LABELS`)."""
-    text = event.event.lower()
-    if event.source == "client" or "request failed" in text:
-        return "failed-request"
-    if event.source == "port":
-        return "port-holder"  # the process that holds the target port (the engine or not)
-    for prefix, kind in _PREFIXES:
-        if text.startswith(prefix):
-            return kind
-    if event.source == "probe":
-        # what a probe saw while exsa-doctor ran ("health: refused", "progress: refused ->
-        # listening"): only a change to listening is a milestone, the rest is an observation
-        changed_to = text.rsplit("->", 1)[1] if "->" in text else ""
-        return "listening" if "listening" in changed_to else "observation"
-    failed = any(w in text for w in ("fail", "error", "in use", "couldn't", "cannot", "unable"))
-    if "bind" in text and failed:
-        return "bind-failed"
-    if "model" in text and (failed or "invalid" in text or "must be set" in text):
-        return "model-error"
-    if any(w in text for w in ("panic", "abort", "out of memory", "oom", "killed")) or failed:
-        return "error"
-    if "listening" in text:
-        return "listening"
-    if "loaded" in text:
-        return "model-loaded"
-    if "validat" in text:
-        return "model-validated"
-    if "http server" in text or "binding" in text:
-        return "http-starting"
-    if "shut down" in text or "shutdown" in text or "stopped" in text:
-        return "shutdown"
-    if "start" in text:
-        return "start"
-    return "other"
+    """The milestone an event marks (a key of `KIND_LABELS`), as its maker said."""
+    return event.kind.value
 
 
 @dataclass(frozen=True)
@@ -263,7 +209,9 @@ def timeline_view(timeline: Sequence[TimelineEvent], failed_at: float | None) ->
     events = sorted((e for e in timeline if math.isfinite(e.t)), key=lambda e: e.t)
     if failed_at is not None and math.isfinite(failed_at):
         if not any(event_kind(e) == "failed-request" for e in events):
-            events.append(TimelineEvent(t=failed_at, source="client", event="request failed"))
+            events.append(
+                TimelineEvent(failed_at, "client", "request failed", EventKind.FAILED_REQUEST)
+            )
             events.sort(key=lambda e: e.t)
     else:
         failed_at = None

@@ -141,7 +141,13 @@ def report(diagnosis: Diagnosis) -> dict[str, Any]:
         "findings": [_finding(f) for f in diagnosis.findings],
         "probes": [_probe(p) for p in diagnosis.probes],
         "timeline": [
-            {"t": iso_utc(e.t), "t_epoch": e.t, "source": e.source, "event": e.event}
+            {
+                "t": iso_utc(e.t),
+                "t_epoch": e.t,
+                "source": e.source,
+                "event": e.event,
+                "kind": e.kind.value,
+            }
             for e in diagnosis.timeline
         ],
     }

@@ -37,10 +37,13 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from exsa_doctor.facts import meant_for_port
 from exsa_doctor.model import Diagnosis
 from exsa_doctor.oslayer.files import same_file
 from exsa_doctor.oslayer.types import EngineProcess
 from exsa_doctor.profiles import Profile, all_builtin
+from exsa_doctor.supervise.explain import summary
+from exsa_doctor.supervise.report import render_failure, reporter_for
 from exsa_doctor.supervise.signals import (
     DEFAULT_GRACE_S,
     Child,
@@ -50,17 +53,8 @@ from exsa_doctor.supervise.signals import (
     fd_ready,
     stop_group,
 )
-from exsa_doctor.supervise.wait import (
-    Outcome,
-    WaitRequest,
-    WaitResult,
-    failure_diagnosis,
-    render_failure,
-    reporter_for,
-    resolve,
-    summary,
-    wait_ready,
-)
+from exsa_doctor.supervise.transport import resolve
+from exsa_doctor.supervise.wait import Outcome, WaitRequest, WaitResult, wait_ready
 from exsa_doctor.target import Target, resolve_target
 
 EXIT_OK = 0
@@ -70,6 +64,11 @@ _LOG_TAIL_LINES = 30
 _LOG_TAIL_BYTES = 8192
 _PORT_RELEASE_S = 3.0
 _SCAN_BUDGET_S = 2.0
+
+
+# How a failed start is diagnosed: the core's diagnosis of the target, with what the wait saw
+# (None for a preflight refusal). `api` passes its own; the supervisor does not score.
+Diagnoser = Callable[[Target, WaitResult | None], Diagnosis]
 
 
 class RunUsageError(ValueError):
@@ -249,10 +248,7 @@ def engine_conflicts(
     for eng in live:
         cmd = shlex.join(eng.info.cmdline) or eng.info.name
         on_port = port in {p for _, p in listening.get(eng.pid, [])}
-        configured = eng.configured_port == port or (
-            eng.configured_port is None and defaults.get(eng.profile) == port
-        )
-        if on_port or configured:
+        if on_port or meant_for_port(eng, port, defaults.get(eng.profile)):
             how = "listens on" if on_port else "is configured for"
             problems.append(
                 Problem(
@@ -487,9 +483,12 @@ class SignalGuard:
 class Runner:
     """One `run`: preflight, start, wait, then-command, teardown."""
 
-    def __init__(self, opts: RunOptions, write: Callable[[str], None] = say) -> None:
+    def __init__(
+        self, opts: RunOptions, write: Callable[[str], None] = say, *, diagnose: Diagnoser
+    ) -> None:
         self.opts = opts
         self.say = write
+        self.diagnose = diagnose
         self.state = _State()
         if opts.profile is not None:
             self.profile, self.profile_reason = opts.profile, "from --profile"
@@ -719,13 +718,11 @@ class Runner:
     def _diagnose_and_report(self, target: Target, result: WaitResult | None) -> Diagnosis:
         st = self.state
         if result is None:
-            from exsa_doctor.api import diagnose
-
-            diagnosis = diagnose(target)
+            diagnosis = self.diagnose(target, None)
         else:
             logs = (st.log_path,) if st.log_path is not None else ()
             pids = (st.engine.pid,) if st.engine is not None else ()
-            diagnosis = failure_diagnosis(replace(target, logs=logs, pids=pids), result)
+            diagnosis = self.diagnose(replace(target, logs=logs, pids=pids), result)
         self.diagnosis = diagnosis
         render_failure(diagnosis, sys.stderr.write)
         if self.opts.report_dir is not None:
@@ -841,12 +838,6 @@ class Runner:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
-
-
-def run_engine(opts: RunOptions) -> int:
-    """The `run` command's body: returns the exit code (RunUsageError for bad options)."""
-    check_options(opts)
-    return Runner(opts).execute()
 
 
 def check_options(opts: RunOptions) -> None:

@@ -54,9 +54,9 @@ def run_diagnosis(
     )
     target = refine_target(target, auto_profile=profile == "auto")
     from exsa_doctor import probes
-    from exsa_doctor.runner import diagnose
+    from exsa_doctor.api import diagnose
 
-    return target, diagnose(target, probes.select())
+    return target, diagnose(target, probes=probes.select())
 
 
 def findings(diagnosis: Diagnosis, fid: str) -> list[Finding]:

@@ -110,13 +110,13 @@ def diagnose_auto(
     url: str, logs: Sequence[Path] = (), model: Path | None = None
 ) -> tuple[Target, Diagnosis]:
     from exsa_doctor import probes
-    from exsa_doctor.runner import diagnose
+    from exsa_doctor.api import diagnose
 
     target = resolve_target(
         url=url, profile="auto", logs=tuple(logs), model=model, timeout_s=20.0, environ={}
     )
     target = refine_target(target, auto_profile=True)
-    return target, diagnose(target, probes.select())
+    return target, diagnose(target, probes=probes.select())
 
 
 def _explain(d: Diagnosis) -> str:

@@ -59,7 +59,7 @@ def diagnose_auto(
 ) -> tuple[Target, Diagnosis]:
     """The library path `exsa-doctor diagnose` takes, with the profile left to detection."""
     from exsa_doctor import probes
-    from exsa_doctor.runner import diagnose
+    from exsa_doctor.api import diagnose
 
     target = resolve_target(
         url=url,
@@ -71,7 +71,7 @@ def diagnose_auto(
         environ={},
     )
     target = refine_target(target, auto_profile=True)
-    return target, diagnose(target, probes.select())
+    return target, diagnose(target, probes=probes.select())
 
 
 def findings(diagnosis: Diagnosis, fid: str) -> list[Finding]:

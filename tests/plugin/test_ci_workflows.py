@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from exsa_doctor.standin.ggufmake import write_gguf
+from exsa_doctor.demo.standin.ggufmake import write_gguf
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "ci.md"
-STANDIN = f"{sys.executable} -m exsa_doctor.standin"
+STANDIN = f"{sys.executable} -m exsa_doctor.demo.standin"
 
 ENGINE_TESTS = """
 import os, signal, time

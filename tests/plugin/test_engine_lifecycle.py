@@ -16,11 +16,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from exsa_doctor.standin.ggufmake import write_gguf
+from exsa_doctor.demo.standin.ggufmake import write_gguf
 
 pytest_plugins = ["pytester"]
 
-STANDIN = f"{sys.executable} -m exsa_doctor.standin"
+STANDIN = f"{sys.executable} -m exsa_doctor.demo.standin"
 
 
 @pytest.fixture

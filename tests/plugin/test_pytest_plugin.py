@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from exsa_doctor.standin.ggufmake import write_gguf
+from exsa_doctor.demo.standin.ggufmake import write_gguf
 
 pytest_plugins = ["pytester"]
 
@@ -40,7 +40,7 @@ def test_fixture_starts_serves_and_attaches_a_report(
     junit = tmp_path / "junit.xml"
     result = pytester.runpytest_subprocess(
         "-rA",
-        f"--exsa-engine={sys.executable} -m exsa_doctor.standin",
+        f"--exsa-engine={sys.executable} -m exsa_doctor.demo.standin",
         f"--junitxml={junit}",
         timeout=240,
     )
@@ -60,7 +60,7 @@ def test_fixture_starts_serves_and_attaches_a_report(
     left = [
         p
         for p in psutil.process_iter(["cmdline", "environ"])
-        if "exsa_doctor.standin" in " ".join(p.info["cmdline"] or [])
+        if "exsa_doctor.demo.standin" in " ".join(p.info["cmdline"] or [])
         and (p.info["environ"] or {}).get("MODEL_PATH") == str(model)
     ]
     assert not left, [p.pid for p in left]
@@ -72,7 +72,7 @@ def test_engine_that_cannot_start_fails_with_the_diagnosis(
     monkeypatch.setenv("MODEL_PATH", str(tmp_path / "missing.gguf"))
     pytester.makepyfile(test_inner="def test_x(exsa_engine):\n    pass\n")
     result = pytester.runpytest_subprocess(
-        f"--exsa-engine={sys.executable} -m exsa_doctor.standin",
+        f"--exsa-engine={sys.executable} -m exsa_doctor.demo.standin",
         "--exsa-ready-timeout=20",
         timeout=240,
     )

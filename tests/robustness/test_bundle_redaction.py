@@ -69,7 +69,7 @@ def _start_engine(
     full = {**os.environ, "MODEL_PATH": str(model), "PORT": str(port), "HOST": "127.0.0.1", **env}
     with log.open("wb") as out:
         proc = procs.start(
-            [sys.executable, "-m", "exsa_doctor.standin", *args],
+            [sys.executable, "-m", "exsa_doctor.demo.standin", *args],
             env=full,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -80,7 +80,7 @@ def _start_engine(
 
 @pytest.fixture
 def run(procs: Procs, tmp_path: Path) -> Run:
-    from exsa_doctor.standin.ggufmake import write_gguf
+    from exsa_doctor.demo.standin.ggufmake import write_gguf
 
     corpus = _corpus()
     model, other_model = tmp_path / "model.gguf", tmp_path / "other.gguf"

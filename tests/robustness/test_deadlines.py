@@ -24,12 +24,12 @@ import psutil
 import pytest
 
 from exsa_doctor import probes as registry
+from exsa_doctor.api import diagnose
 from exsa_doctor.context import Context
 from exsa_doctor.detect import refine_target
 from exsa_doctor.model import ProbeStatus
 from exsa_doctor.probes.base import Probe, ProbeOutput
 from exsa_doctor.render.json import render as render_json
-from exsa_doctor.runner import diagnose
 from exsa_doctor.target import resolve_target
 from tests.robustness.conftest import Procs, accepts, alive, free_port, wait_until
 
@@ -73,7 +73,7 @@ def test_hanging_probe_is_a_timeout_row_and_the_run_ends_on_time(
     )
     probes = [*registry.select(), hanging_probe]
     started = time.monotonic()
-    diagnosis = diagnose(target, probes)
+    diagnosis = diagnose(target, probes=probes)
     elapsed = time.monotonic() - started
 
     assert elapsed <= timeout + DEADLINE_SLACK_S, f"diagnose took {elapsed:.2f} s"
@@ -132,7 +132,7 @@ def test_a_probes_own_timeout_counts_from_its_start_not_from_when_the_runner_loo
     target = resolve_target(url=f"http://127.0.0.1:{port}", timeout_s=10.0, environ={})
     SlowProbe.release.clear()
     started = time.monotonic()
-    diagnosis = diagnose(target, [SlowProbe(), QuickTimeoutProbe()])
+    diagnosis = diagnose(target, probes=[SlowProbe(), QuickTimeoutProbe()])
     elapsed = time.monotonic() - started
     rows = {p.name: p for p in diagnosis.probes}
     assert rows["slow-for-test"].status is ProbeStatus.OK, rows
@@ -144,7 +144,7 @@ def test_a_probes_own_timeout_counts_from_its_start_not_from_when_the_runner_loo
 def test_a_crashing_probe_is_a_row_and_the_others_still_report() -> None:
     port = free_port()
     target = resolve_target(url=f"http://127.0.0.1:{port}", timeout_s=5.0, environ={})
-    diagnosis = diagnose(target, [*registry.select(["port", "health"]), CrashingProbe()])
+    diagnosis = diagnose(target, probes=[*registry.select(["port", "health"]), CrashingProbe()])
     rows = {p.name: p for p in diagnosis.probes}
     crash = rows["crash-for-test"]
     assert crash.status is ProbeStatus.CRASHED

@@ -107,7 +107,7 @@ def _bystander(proc: subprocess.Popen[Any], label: str) -> Bystander:
 
 @pytest.fixture
 def world(procs: Procs, world_dir: Path, tmp_path: Path) -> Iterator[World]:
-    from exsa_doctor.standin.ggufmake import write_gguf
+    from exsa_doctor.demo.standin.ggufmake import write_gguf
 
     marks = world_dir / "marks"
     marks.mkdir()
@@ -246,7 +246,7 @@ def test_cleanup_never_signals_bystanders(world: World) -> None:
 
 def test_run_never_signals_bystanders(world: World) -> None:
     w = world
-    engine = [sys.executable, "-m", "exsa_doctor.standin"]
+    engine = [sys.executable, "-m", "exsa_doctor.demo.standin"]
     # the port is taken by the foreign listener: run must refuse, naming it, and signal nothing
     res = doctor(
         "run",
@@ -325,7 +325,7 @@ def _fingerprint(root: Path) -> dict[str, tuple[int, int, bytes]]:
 def engine_with_secrets(procs: Procs, tmp_path: Path) -> tuple[int, Path, Path, Path]:
     """A live stand-in engine whose environment holds secrets; its model; its (growing) log;
     and a static client log that repeats the secrets and carries a bearer token."""
-    from exsa_doctor.standin.ggufmake import write_gguf
+    from exsa_doctor.demo.standin.ggufmake import write_gguf
 
     inputs = tmp_path / "inputs"  # watched: nothing in here may change
     inputs.mkdir()
@@ -344,7 +344,7 @@ def engine_with_secrets(procs: Procs, tmp_path: Path) -> tuple[int, Path, Path, 
     with engine_log.open("wb") as out:
         engine = procs.start(
             # a secret on the engine's command line, too
-            [sys.executable, "-m", "exsa_doctor.standin", "--api-key", ARGV_SECRET],
+            [sys.executable, "-m", "exsa_doctor.demo.standin", "--api-key", ARGV_SECRET],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -56,9 +56,9 @@ def _import_everything() -> None:
 
 def _one_diagnosis(url: str, model: str | None) -> str:
     from exsa_doctor import probes
+    from exsa_doctor.api import diagnose
     from exsa_doctor.detect import refine_target
     from exsa_doctor.render.json import render
-    from exsa_doctor.runner import diagnose
     from exsa_doctor.target import resolve_target
 
     target = refine_target(
@@ -70,7 +70,7 @@ def _one_diagnosis(url: str, model: str | None) -> str:
         ),
         auto_profile=True,
     )
-    return render(diagnose(target, probes.select()))
+    return render(diagnose(target, probes=probes.select()))
 
 
 def _child(url: str, model: str | None, fd: int) -> None:
@@ -216,7 +216,7 @@ time.sleep(600)
 
 
 def test_model_locked_by_root_process(procs: Procs, world_dir: Path) -> None:
-    from exsa_doctor.standin.ggufmake import write_gguf
+    from exsa_doctor.demo.standin.ggufmake import write_gguf
 
     model = world_dir / "model.gguf"
     write_gguf(model)

@@ -14,8 +14,8 @@ import psutil
 import pytest
 
 from exsa_doctor.demo import diagnose_scenario
+from exsa_doctor.demo.scenarios import Scenario, build
 from exsa_doctor.model import Diagnosis, Finding, RankedCause
-from exsa_doctor.scenarios import Scenario, build
 
 # Generous: eight probes share two cores with other test runs.
 DIAGNOSIS_TIMEOUT_S = 15.0

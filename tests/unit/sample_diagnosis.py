@@ -15,6 +15,7 @@ from typing import Any
 from exsa_doctor.causes import load_causes
 from exsa_doctor.model import (
     Diagnosis,
+    EventKind,
     Finding,
     Level,
     ProbeResult,
@@ -127,7 +128,9 @@ def build(
     tvars.update(profile.command_vars({**tvars, "model": tvars["model_or_placeholder"]}))
     events = list(timeline)
     if failed_at is not None:
-        events.append(TimelineEvent(t=failed_at, source="client", event="request failed"))
+        events.append(
+            TimelineEvent(failed_at, "client", "request failed", EventKind.FAILED_REQUEST)
+        )
     events.sort(key=lambda e: e.t)
     ranked = score(load_causes(), findings, tvars)
     return Diagnosis(
@@ -144,9 +147,9 @@ def build(
     )
 
 
-def engine(t: str, event: str) -> TimelineEvent:
-    """An event of the engine's log, worded as the logs probe words it."""
-    return TimelineEvent(t=at(t), source="log", event=event)
+def engine(t: str, event: str, kind: EventKind) -> TimelineEvent:
+    """An event of the engine's log, worded and kinded as the logs probe makes it."""
+    return TimelineEvent(t=at(t), source="log", event=event, kind=kind)
 
 
 def race() -> Diagnosis:
@@ -154,17 +157,28 @@ def race() -> Diagnosis:
     failed = at("2025-11-23T23:41:56.127")
     ready = at("2025-11-23T23:42:05.214")
     timeline = [
-        engine("2025-11-23T23:41:53.120", "engine started (version 0.1.0)"),
-        engine("2025-11-23T23:41:53.124", f"loading model {MODEL}"),
-        engine("2025-11-23T23:41:53.131", "model validated"),
-        engine("2025-11-23T23:42:05.209", "model loaded (12.08 s)"),
-        engine("2025-11-23T23:42:05.211", "starting HTTP server on 127.0.0.1:3000"),
-        engine("2025-11-23T23:42:05.214", "listening on http://127.0.0.1:3000"),
+        engine("2025-11-23T23:41:53.120", "engine started (version 0.1.0)", EventKind.START),
+        engine("2025-11-23T23:41:53.124", f"loading model {MODEL}", EventKind.MODEL_LOADING),
+        engine("2025-11-23T23:41:53.131", "model validated", EventKind.MODEL_VALIDATED),
+        engine("2025-11-23T23:42:05.209", "model loaded (12.08 s)", EventKind.MODEL_LOADED),
+        engine(
+            "2025-11-23T23:42:05.211",
+            "starting HTTP server on 127.0.0.1:3000",
+            EventKind.HTTP_STARTING,
+        ),
+        engine(
+            "2025-11-23T23:42:05.214", "listening on http://127.0.0.1:3000", EventKind.LISTENING
+        ),
         # what other probes add: the process start time and what they saw while running
         TimelineEvent(
-            at("2025-11-23T23:41:53.116"), "processes", "engine process started (PID 17939)"
+            at("2025-11-23T23:41:53.116"),
+            "processes",
+            "engine process started (PID 17939)",
+            EventKind.START,
         ),
-        TimelineEvent(at("2025-11-23T23:42:31.540"), "probe", "health: ready"),
+        TimelineEvent(
+            at("2025-11-23T23:42:31.540"), "probe", "health: ready", EventKind.OBSERVATION
+        ),
     ]
     findings = [
         finding(
@@ -252,14 +266,19 @@ def race() -> Diagnosis:
 def port_in_use() -> Diagnosis:
     """An orphaned earlier instance (PID 4242) holds port 3000; the new engine (5120) exits."""
     timeline = [
-        engine("2025-11-24T09:15:02.004", "engine started (version 0.1.0)"),
-        engine("2025-11-24T09:15:02.010", "model validated"),
-        engine("2025-11-24T09:15:02.171", "model loaded (0.16 s)"),
-        engine("2025-11-24T09:15:02.172", "starting HTTP server on 127.0.0.1:3000"),
+        engine("2025-11-24T09:15:02.004", "engine started (version 0.1.0)", EventKind.START),
+        engine("2025-11-24T09:15:02.010", "model validated", EventKind.MODEL_VALIDATED),
+        engine("2025-11-24T09:15:02.171", "model loaded (0.16 s)", EventKind.MODEL_LOADED),
+        engine(
+            "2025-11-24T09:15:02.172",
+            "starting HTTP server on 127.0.0.1:3000",
+            EventKind.HTTP_STARTING,
+        ),
         engine(
             "2025-11-24T09:15:02.173",
             "bind failed: 127.0.0.1:3000: ERROR exsa_engine: Failed to bind to "
             "127.0.0.1:3000: Address already in use (os error 98)",
+            EventKind.BIND_FAILED,
         ),
     ]
     findings = [
@@ -332,10 +351,12 @@ def port_in_use() -> Diagnosis:
 def healthy() -> Diagnosis:
     """Everything answers: health OK, one token generated."""
     timeline = [
-        engine("2025-11-24T10:00:00.000", "engine started (version 0.1.0)"),
-        engine("2025-11-24T10:00:00.009", "model validated"),
-        engine("2025-11-24T10:00:00.170", "model loaded (0.16 s)"),
-        engine("2025-11-24T10:00:00.173", "listening on http://127.0.0.1:3000"),
+        engine("2025-11-24T10:00:00.000", "engine started (version 0.1.0)", EventKind.START),
+        engine("2025-11-24T10:00:00.009", "model validated", EventKind.MODEL_VALIDATED),
+        engine("2025-11-24T10:00:00.170", "model loaded (0.16 s)", EventKind.MODEL_LOADED),
+        engine(
+            "2025-11-24T10:00:00.173", "listening on http://127.0.0.1:3000", EventKind.LISTENING
+        ),
     ]
     findings = [
         finding(
@@ -395,7 +416,9 @@ def healthy() -> Diagnosis:
 
 def broken_probes() -> Diagnosis:
     """Inconclusive: the port and health probes timed out and the model probe crashed."""
-    timeline = [engine("2025-11-24T11:20:00.500", "engine started (version 0.1.0)")]
+    timeline = [
+        engine("2025-11-24T11:20:00.500", "engine started (version 0.1.0)", EventKind.START)
+    ]
     findings = [
         finding(
             "processes.running",
@@ -437,9 +460,9 @@ def hostile() -> Diagnosis:
     """Strings that break careless renderers: markup, pipes, control characters, huge lines."""
     failed = at("2025-11-24T12:00:05.000")
     timeline = [
-        engine("2025-11-24T12:00:00.000", "engine started " + HOSTILE),
-        engine("2025-11-24T12:00:01.000", "model validated: " + LONG),
-        engine("2025-11-24T12:00:09.000", "listening on " + HOSTILE),
+        engine("2025-11-24T12:00:00.000", "engine started " + HOSTILE, EventKind.START),
+        engine("2025-11-24T12:00:01.000", "model validated: " + LONG, EventKind.MODEL_VALIDATED),
+        engine("2025-11-24T12:00:09.000", "listening on " + HOSTILE, EventKind.LISTENING),
     ]
     findings = [
         finding(

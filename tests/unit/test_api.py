@@ -19,12 +19,12 @@ import psutil
 import pytest
 
 from exsa_doctor import api
+from exsa_doctor.demo.standin.ggufmake import write_gguf
 from exsa_doctor.model import Finding, Level, ProbeStatus, Verdict
-from exsa_doctor.standin.ggufmake import write_gguf
 from exsa_doctor.supervise.run import bind_check
 from tests.support.net import free_port
 
-STANDIN = [sys.executable, "-m", "exsa_doctor.standin"]
+STANDIN = [sys.executable, "-m", "exsa_doctor.demo.standin"]
 
 
 def finding(fid: str, level: Level = Level.INFO) -> Finding:

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from exsa_doctor.standin.ggufmake import write_gguf
+from exsa_doctor.demo.standin.ggufmake import write_gguf
 from exsa_doctor.supervise.cleanup import make_plan
 from tests.support.net import free_port, listening, wait_for
 
@@ -74,7 +74,7 @@ def orphan_engine(model: Path, port: int, started: list[Ident]) -> Ident:
         HOST="127.0.0.1",
         EXSA_STANDIN_LOAD_S="0.2",
     )
-    ident = start_orphan([sys.executable, "-m", "exsa_doctor.standin"], env)
+    ident = start_orphan([sys.executable, "-m", "exsa_doctor.demo.standin"], env)
     started.append(ident)
     wait_for(lambda: listening(port))
     return ident

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from exsa_doctor.causes import load_causes
+from exsa_doctor.demo.standin.ggufmake import write_gguf
 from exsa_doctor.model import Finding, Level
 from exsa_doctor.profiles import all_builtin, builtin_names, load_builtin
 from exsa_doctor.runner import target_vars
 from exsa_doctor.scoring import fill
-from exsa_doctor.standin.ggufmake import write_gguf
 from exsa_doctor.target import resolve_target
 
 _FINDING = re.compile(r"\{([a-z_]+(?:\.[a-z_]+)+):([a-z_]+)\}")
@@ -132,7 +132,9 @@ def _engine_on_path(tmp_path: Path) -> dict[str, str]:
     bindir = tmp_path / "bin"
     bindir.mkdir()
     exe = bindir / "exsa-engine"
-    exe.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m exsa_doctor.standin "$@"\n')
+    exe.write_text(
+        f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m exsa_doctor.demo.standin "$@"\n'
+    )
     exe.chmod(0o755)
     return {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
 

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from exsa_doctor.demo.standin.ggufmake import write_gguf, write_not_gguf
 from exsa_doctor.parsers.gguf import (
     GGML_TYPES,
     GGUFError,
@@ -19,7 +20,6 @@ from exsa_doctor.parsers.gguf import (
     parse_gguf_bytes,
     read_gguf_header,
 )
-from exsa_doctor.standin.ggufmake import write_gguf, write_not_gguf
 
 CORPUS = Path(__file__).resolve().parents[2] / "fixtures" / "gguf"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from exsa_doctor.standin.ggufmake import (
+from exsa_doctor.demo.standin.ggufmake import (
     DEFAULT_TENSOR_ELEMS,
     NOT_GGUF_BYTES,
     write_gguf,

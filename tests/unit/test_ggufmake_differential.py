@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from exsa_doctor.standin.ggufmake import TENSOR_TYPES, write_gguf
+from exsa_doctor.demo.standin.ggufmake import TENSOR_TYPES, write_gguf
 
 gguf = pytest.importorskip("gguf")  # a dev dependency; the differential test needs it
 np = pytest.importorskip("numpy")
@@ -138,7 +138,7 @@ def test_bytes_equal_the_reference_writers(case: dict[str, Any], tmp_path: Path)
 def test_writing_a_model_needs_neither_numpy_nor_gguf(tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "from exsa_doctor.standin.ggufmake import write_gguf\n"
+        "from exsa_doctor.demo.standin.ggufmake import write_gguf\n"
         f"write_gguf({str(tmp_path / 'm.gguf')!r}, tensor_types=('F32', 'F16', 'Q8_0'), "
         "n_tensors=3, tensor_elems=256)\n"
         "loaded = sorted(m for m in ('numpy', 'gguf') if m in sys.modules)\n"

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from exsa_doctor.context import Context
+from exsa_doctor.facts import health as observe_health
 from exsa_doctor.model import Finding
-from exsa_doctor.probes.health import HealthProbe, observe_health
+from exsa_doctor.probes.health import HealthProbe
 from exsa_doctor.target import resolve_target
 from tests.support import hostile_server as hs
 
@@ -51,6 +52,7 @@ def test_healthy_exsa_engine_is_ok_with_body_fields() -> None:
     assert f.data["latency_ms"] >= 0
     assert [e.event for e in out.timeline] == ["health: ready"]
     assert out.timeline[0].source == "probe"
+    assert out.timeline[0].kind.value == "observation"
 
 
 def test_refused_when_nothing_listens() -> None:

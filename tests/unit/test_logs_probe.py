@@ -18,10 +18,11 @@ import psutil
 import pytest
 
 from exsa_doctor.context import Context
+from exsa_doctor.facts import last_log_start, log_report, target_engines
 from exsa_doctor.model import Finding
 from exsa_doctor.parsers.logs import HEAD_BYTES, MAX_TAIL_BYTES, LogReport
 from exsa_doctor.probes.base import ProbeOutput
-from exsa_doctor.probes.logs import LogsProbe, last_start_time, log_report
+from exsa_doctor.probes.logs import LogsProbe
 from exsa_doctor.target import resolve_target
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -481,10 +482,10 @@ def test_elapsed_log_anchored_on_the_engine_create_time(
     ctx = make_ctx(
         [log], url="http://127.0.0.1:8080", profile="llama-server", pids=[fake_llama_server.pid]
     )
-    assert [e.pid for e in ctx.target_engines()] == [fake_llama_server.pid]
+    assert [e.pid for e in target_engines(ctx)] == [fake_llama_server.pid]
     found, _ = run_probe(ctx)
     assert found["logs.started"].data["t"] == pytest.approx(created + 0.000844, abs=1e-4)
-    assert last_start_time(ctx) == pytest.approx(created + 0.000844, abs=1e-4)
+    assert last_log_start(ctx) == pytest.approx(created + 0.000844, abs=1e-4)
 
 
 def test_engine_that_cannot_have_written_the_log_is_not_the_anchor(
@@ -526,7 +527,37 @@ def test_last_start_time_is_the_newest_across_logs_and_memoised(tmp_path: Path) 
     a = write(tmp_path / "a.log", healthy_run(utc(2025, 1, 1, 0, 0, 0)))
     b = write(tmp_path / "b.log", healthy_run(utc(2025, 1, 2, 0, 0, 0)))
     ctx = make_ctx([a, tmp_path / "gone.log", b])
-    assert last_start_time(ctx) == pytest.approx(utc(2025, 1, 2, 0, 0, 0))
+    assert last_log_start(ctx) == pytest.approx(utc(2025, 1, 2, 0, 0, 0))
     b.write_text("")  # a second call reads nothing again
-    assert last_start_time(ctx) == pytest.approx(utc(2025, 1, 2, 0, 0, 0))
-    assert last_start_time(make_ctx([])) is None
+    assert last_log_start(ctx) == pytest.approx(utc(2025, 1, 2, 0, 0, 0))
+    assert last_log_start(make_ctx([])) is None
+
+
+@pytest.mark.parametrize(
+    ("log", "kinds"),
+    [
+        (
+            "healthy.log",
+            [
+                ("engine started (version 0.1.0)", "start"),
+                ("model validated", "model-validated"),
+                ("model loaded", "model-loaded"),
+                ("starting HTTP server on 127.0.0.1:32841", "http-starting"),
+                ("listening on 127.0.0.1:32841", "listening"),
+                ("shut down", "shutdown"),
+            ],
+        ),
+        ("bind-failed.log", [("bind failed: 127.0.0.1:47051", "bind-failed")]),
+        # the causal chain's root: its kind is its signature's stage (the model, or fatal)
+        ("model-error.log", [("error: the model file is truncated", "model-error")]),
+        ("mmap-failed.log", [("error: mapping the model file (mmap)", "model-error")]),
+        ("oom.log", [("error: allocating a buffer", "error")]),
+    ],
+)
+def test_timeline_events_carry_the_milestone_of_their_line(
+    log: str, kinds: list[tuple[str, str]]
+) -> None:
+    _, out = run_probe(make_ctx([FIXTURES / "exsa-engine" / log]))
+    for words, kind in kinds:
+        (event,) = [e for e in out.timeline if e.event.startswith(words)]
+        assert event.kind.value == kind, (words, event)

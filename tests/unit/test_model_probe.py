@@ -16,9 +16,10 @@ import psutil
 import pytest
 
 from exsa_doctor.context import Context
+from exsa_doctor.demo.standin.ggufmake import write_gguf, write_not_gguf
+from exsa_doctor.facts import model_holders, model_path
 from exsa_doctor.model import Finding
-from exsa_doctor.probes.modelfile import ModelProbe, model_holders, model_path
-from exsa_doctor.standin.ggufmake import write_gguf, write_not_gguf
+from exsa_doctor.probes.modelfile import ModelProbe
 from exsa_doctor.target import resolve_target
 
 LINUX = sys.platform.startswith("linux")

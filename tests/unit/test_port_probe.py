@@ -152,6 +152,7 @@ def test_foreign_program_holds_the_port(engines: Engines) -> None:
     # the listener's start time is on the timeline
     (event,) = [e for e in out.timeline if f"PID {pid}" in e.event]
     assert abs(event.t - proc.create_time()) < 0.01
+    assert event.kind.value == "port-holder"
 
 
 def test_engine_listens(engines: Engines) -> None:
@@ -170,7 +171,7 @@ def test_engine_listens(engines: Engines) -> None:
 
 
 def test_standin_engine_listens(engines: Engines, tmp_path: Path) -> None:
-    from exsa_doctor.standin.ggufmake import write_gguf
+    from exsa_doctor.demo.standin.ggufmake import write_gguf
 
     model = tmp_path / "m.gguf"
     write_gguf(model, n_tensors=1, tensor_elems=1024)

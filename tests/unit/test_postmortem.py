@@ -17,9 +17,9 @@ import psutil
 import pytest
 
 from exsa_doctor import api
+from exsa_doctor.demo.standin.ggufmake import write_gguf
 from exsa_doctor.model import Verdict
 from exsa_doctor.oslayer.kernel import KernelRecord, kmsg_message, oom_lines, read_kmsg
-from exsa_doctor.standin.ggufmake import write_gguf
 from exsa_doctor.supervise.postmortem import (
     EngineExit,
     describe_status,
@@ -28,7 +28,7 @@ from exsa_doctor.supervise.postmortem import (
     log_tail,
 )
 
-STANDIN = [sys.executable, "-m", "exsa_doctor.standin"]
+STANDIN = [sys.executable, "-m", "exsa_doctor.demo.standin"]
 
 # What the kernel writes when its OOM killer ends a process (Linux 6.x, one record per line)
 KMSG_OOM = [

@@ -3,8 +3,8 @@ in disk sleep, several on one model, and a --pid that exited.
 
 Engine identity is real: the children run the Python interpreter through a link named
 `exsa-engine` (the profile identifies the executable's basename), or the stand-in engine
-(`python -m exsa_doctor.standin`, identified by its command line). Every process is stopped by
-PID in a fixture.
+(`python -m exsa_doctor.demo.standin`, which runs under the name `exsa-engine`). Every process is
+stopped by PID in a fixture.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ class Engines:
             **env,
         }
         proc = subprocess.Popen(
-            [sys.executable, "-m", "exsa_doctor.standin"],
+            [sys.executable, "-m", "exsa_doctor.demo.standin"],
             env=full,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -263,6 +263,7 @@ def test_running_instance_named_by_pid(engines: Engines) -> None:
     events = [e for e in out.timeline if f"PID {pid}" in e.event]
     assert len(events) == 1
     assert events[0].event == f"engine process started (PID {pid})"
+    assert events[0].kind.value == "start"
     assert abs(events[0].t - psutil.Process(pid).create_time()) < 0.01
 
 
@@ -348,7 +349,7 @@ def test_disk_sleep(engines: Engines) -> None:
 
 
 def test_multiple_instances_sharing_a_model(engines: Engines, tmp_path: Path) -> None:
-    from exsa_doctor.standin.ggufmake import write_gguf
+    from exsa_doctor.demo.standin.ggufmake import write_gguf
 
     model = tmp_path / "shared.gguf"
     write_gguf(model, n_tensors=1, tensor_elems=1024)

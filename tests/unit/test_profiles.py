@@ -19,7 +19,13 @@ import pytest
 from exsa_doctor.detect import profile_from_log, refine_target
 from exsa_doctor.parsers.health import HealthState, classify_health
 from exsa_doctor.parsers.sse import GenerationDecoder
-from exsa_doctor.profiles import Profile, all_builtin, load_builtin
+from exsa_doctor.profiles import (
+    Profile,
+    ProfileError,
+    all_builtin,
+    load_builtin,
+    profile_from_mapping,
+)
 from exsa_doctor.target import resolve_target
 
 ENGINES = Path(__file__).resolve().parents[2] / "fixtures" / "engines"
@@ -315,3 +321,21 @@ def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_bind_order_is_one_of_the_known_orders_and_says_when_listening_means_loaded() -> None:
+    assert {p.name: p.listens_when_loaded for p in all_builtin()} == {
+        "exsa-engine": True,
+        "llama-server": False,
+        "llama-cpp-python": True,
+        "ollama": False,
+        "vllm": True,
+    }
+    import tomllib
+
+    import exsa_doctor.profiles as profiles_pkg
+
+    raw = tomllib.loads((Path(profiles_pkg.__file__).parent / "exsa-engine.toml").read_text())
+    assert profile_from_mapping(raw).bind_order == "load-then-bind"
+    with pytest.raises(ProfileError, match="bind_order"):
+        profile_from_mapping({**raw, "bind_order": "load-and-bind"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from exsa_doctor.context import Context
+from exsa_doctor.facts import target_engines
 from exsa_doctor.model import Finding
 from exsa_doctor.probes.progress import (
     ProgressProbe,
@@ -128,6 +130,8 @@ def test_an_engine_that_starts_serving_while_watched_became_ready(
         "progress: refused -> listening",
         "progress: listening -> healthy",
     ]
+    # the port opening is a milestone; what the probe saw after it is an observation
+    assert [e.kind.value for e in out.timeline] == ["listening", "observation"]
     assert "progress.stalled" not in found
 
 
@@ -137,7 +141,7 @@ def test_skipped_without_an_engine_or_when_already_serving(children: hs.Children
         deadline=time.monotonic() + 5,
     )
     # no --pid and (on a test machine) no exsa-engine process: nothing to watch
-    if not ctx.target_engines():
+    if not target_engines(ctx):
         assert ProgressProbe().applies(ctx) == "no live engine process to watch"
     child = children.python(SLEEPER)
     hs.wait_line(child, b"ready")
@@ -199,3 +203,40 @@ def test_no_stall_verdict_from_a_window_too_short_to_tell(children: hs.Children)
     ctx = make_ctx(child.pid, hs.free_port(), seconds=0.4)
     out = ProgressProbe().run(ctx)
     assert "progress.stalled" not in ids(out.findings)
+
+
+def _serving(children: hs.Children) -> tuple[subprocess.Popen[bytes], int]:
+    """A child that listens on a port of its own (an engine serving elsewhere), and that port."""
+    port = hs.free_port()
+    child = children.script(SERVER_SCRIPT, "--port", str(port))
+    assert hs.wait_until(lambda: port_state("127.0.0.1", port, 0.5) == "listening")
+    return child, port
+
+
+def test_an_engine_serving_on_another_port_after_its_load_is_not_watched(
+    children: hs.Children,
+) -> None:
+    # exsa-engine loads before it binds: listening anywhere means the load is over, so there is
+    # no load to watch at the target (the port probe names the other address)
+    child, port = _serving(children)
+    ctx = make_ctx(child.pid, hs.free_port())
+    reason = ProgressProbe().applies(ctx)
+    assert reason is not None and f"listens on 127.0.0.1:{port}" in reason, reason
+    assert "listens only once its model is loaded" in reason
+    # --watch asks to watch it anyway
+    assert ProgressProbe().applies(make_ctx(child.pid, hs.free_port(), watch_s=1.0)) is None
+
+
+def test_an_engine_that_binds_before_loading_is_watched_wherever_it_listens(
+    children: hs.Children,
+) -> None:
+    # llama-server binds first, then loads: listening elsewhere says nothing about its load
+    child, _port = _serving(children)
+    target = resolve_target(
+        url=f"http://127.0.0.1:{hs.free_port()}",
+        pids=(child.pid,),
+        profile="llama-server",
+        environ={},
+    )
+    ctx = Context(target=target, deadline=time.monotonic() + 10)
+    assert ProgressProbe().applies(ctx) is None

@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 import pytest
 
-from exsa_doctor.standin.ggufmake import write_gguf
+from exsa_doctor.demo.standin.ggufmake import write_gguf
 from tests.support.net import free_port, listening, wait_for
 
 CLI_TIMEOUT_S = 120
@@ -73,7 +73,7 @@ def test_ps_lists_a_running_instance_with_port_model_and_memory(
 ) -> None:
     port = free_port()
     engine = subprocess.Popen(
-        [sys.executable, "-m", "exsa_doctor.standin"],
+        [sys.executable, "-m", "exsa_doctor.demo.standin"],
         env=standin_env(model, port),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -146,7 +146,7 @@ def test_an_orphaned_instance_is_marked_orphaned(model: Path, tmp_path: Path) ->
             "sh",
             sys.executable,
             "-m",
-            "exsa_doctor.standin",
+            "exsa_doctor.demo.standin",
         ],
         check=True,
         capture_output=True,

@@ -102,6 +102,7 @@ def test_contract_keys_and_values_of_the_race() -> None:
             "t_epoch": d.failed_at,
             "source": "client",
             "event": "request failed",
+            "kind": "failed-request",
         }
     ]
     assert all(ISO_MS.match(e["t"]) for e in doc["timeline"])

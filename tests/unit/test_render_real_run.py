@@ -13,10 +13,10 @@ from importlib import resources
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 
+from exsa_doctor.api import diagnose
 from exsa_doctor.model import Diagnosis
 from exsa_doctor.probes import select
 from exsa_doctor.render import FORMATS, render_as
-from exsa_doctor.runner import diagnose
 from exsa_doctor.target import resolve_target
 
 
@@ -57,7 +57,7 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> Diagnosis:
         timeout_s=8.0,
         environ={},
     )
-    return diagnose(target, select())
+    return diagnose(target, probes=select())
 
 
 def test_json_of_a_real_run_is_valid(real_run: Diagnosis) -> None:

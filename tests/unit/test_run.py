@@ -20,8 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from exsa_doctor.demo.standin.ggufmake import write_gguf
 from exsa_doctor.profiles import load_builtin
-from exsa_doctor.standin.ggufmake import write_gguf
 from exsa_doctor.supervise.run import (
     RunOptions,
     RunUsageError,
@@ -32,7 +32,7 @@ from exsa_doctor.supervise.run import (
 )
 
 CLI_TIMEOUT_S = 120
-STANDIN = [sys.executable, "-m", "exsa_doctor.standin"]
+STANDIN = [sys.executable, "-m", "exsa_doctor.demo.standin"]
 
 
 def free_port() -> int:

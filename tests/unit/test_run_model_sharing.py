@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from exsa_doctor.standin.ggufmake import write_gguf
+from exsa_doctor.demo.standin.ggufmake import write_gguf
 from exsa_doctor.supervise.run import model_lock_problems
 
 _HOLD = (

@@ -16,10 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from exsa_doctor.standin.ggufmake import write_gguf
+from exsa_doctor.demo.standin.ggufmake import write_gguf
 from exsa_doctor.target import parse_time
 
-STANDIN = [sys.executable, "-m", "exsa_doctor.standin"]
+STANDIN = [sys.executable, "-m", "exsa_doctor.demo.standin"]
 
 
 @pytest.fixture

@@ -12,7 +12,9 @@ import psutil
 import pytest
 
 from exsa_doctor.context import Context
+from exsa_doctor.facts import target_engines
 from exsa_doctor.model import Finding
+from exsa_doctor.oslayer.files import lock_table
 from exsa_doctor.probes.stack import (
     StackProbe,
     ThreadState,
@@ -165,8 +167,26 @@ def test_skipped_when_serving_or_without_an_engine(children: hs.Children) -> Non
         target=resolve_target(url=f"http://127.0.0.1:{hs.free_port()}", environ={}),
         deadline=time.monotonic() + 5,
     )
-    if not ctx.target_engines():
+    if not target_engines(ctx):
         assert StackProbe().applies(ctx) == "no live engine process"
+
+
+def test_skipped_for_an_engine_serving_on_another_port_after_its_load(
+    children: hs.Children,
+) -> None:
+    # exsa-engine listens only once loaded: an instance serving elsewhere is not stuck anywhere
+    port = hs.free_port()
+    child = children.script(str(Path(hs.__file__).resolve()), "--port", str(port))
+    assert hs.wait_until(lambda: port in _listening_ports(child.pid))
+    reason = StackProbe().applies(make_ctx(child.pid))
+    assert reason is not None and f"listens on 127.0.0.1:{port}" in reason, reason
+    assert "nothing is stuck" in reason
+
+
+def _listening_ports(pid: int) -> set[int]:
+    from exsa_doctor.oslayer.sockets import listening_ports_of
+
+    return {p for _, p in listening_ports_of([pid])[pid]}
 
 
 def test_parse_stat_handles_parentheses_in_the_name() -> None:
@@ -223,7 +243,7 @@ def test_lock_wait_found_from_proc_locks_when_syscall_is_hidden(
     waiter = children.python(WAITER, str(model))
     hs.wait_line(waiter, b"waiting")
     assert hs.wait_until(lambda: "lock" in _wchan(waiter.pid), timeout=20)
-    locks = Path("/proc/locks").read_text()
+    locks = lock_table(Path("/proc/locks").read_text())
     hidden = ThreadState(waiter.pid, "S", "locks_lock_inode_wait", None, (), 0)
     (wait,) = find_lock_waits(waiter.pid, [hidden], os.uname().machine, str(model), locks)
     assert wait.path == str(model)

@@ -21,14 +21,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from exsa_doctor.standin.engine import (
+from exsa_doctor.demo.standin.engine import (
     LoadError,
     StandinError,
     check_bounds,
     config_from,
     read_layout,
 )
-from exsa_doctor.standin.ggufmake import write_gguf, write_not_gguf
+from exsa_doctor.demo.standin.ggufmake import write_gguf, write_not_gguf
 
 LINE = re.compile(
     r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z (?: INFO| WARN|ERROR|DEBUG) exsa_engine: .*$"
@@ -86,7 +86,7 @@ def engine(tmp_path: Path) -> Iterator[Start]:
             [
                 sys.executable,
                 "-m",
-                "exsa_doctor.standin",
+                "exsa_doctor.demo.standin",
                 "--mode",
                 mode,
                 "--load-seconds",
@@ -365,3 +365,23 @@ def test_hang_mode_stops_making_progress_and_never_binds(
     assert proc.poll() is None
     assert not healthy(port)
     assert "Server listening" not in read(log)
+
+
+def test_the_standin_runs_under_the_engines_name_in_the_same_process(
+    engine: Start, model: Path
+) -> None:
+    # the exsa-engine profile knows the stand-in only as it knows the real engine: by its name
+    import psutil
+
+    from exsa_doctor.oslayer.procs import identify
+    from exsa_doctor.profiles import all_builtin, load_builtin
+
+    assert load_builtin("exsa-engine").cmdline_regexes == ()
+    port = free_port()
+    proc = engine(model, port=port, load_s=0.2)
+    wait_for(lambda: healthy(port))
+    info = psutil.Process(proc.pid).as_dict(["name", "exe", "cmdline"])
+    assert Path(info["cmdline"][0]).name == "exsa-engine", info
+    assert info["cmdline"][1:3] == ["-m", "exsa_doctor.demo.standin"]
+    found = identify(info, all_builtin())
+    assert found is not None and found.name == "exsa-engine"

@@ -21,15 +21,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from exsa_doctor.standin.ggufmake import write_gguf
-from exsa_doctor.supervise.wait import (
-    Outcome,
-    SilentReporter,
-    WaitRequest,
-    resolve,
-    try_connect,
-    wait_ready,
-)
+from exsa_doctor.demo.standin.ggufmake import write_gguf
+from exsa_doctor.supervise.report import SilentReporter
+from exsa_doctor.supervise.transport import resolve, try_connect
+from exsa_doctor.supervise.wait import Outcome, WaitRequest, wait_ready
 from exsa_doctor.target import resolve_target
 
 CLI_TIMEOUT_S = 120
@@ -69,7 +64,7 @@ def start_standin(
     )
     with open(log, "wb") as fh:
         return subprocess.Popen(
-            [sys.executable, "-m", "exsa_doctor.standin"],
+            [sys.executable, "-m", "exsa_doctor.demo.standin"],
             env=env,
             stdout=fh,
             stderr=subprocess.STDOUT,
@@ -284,7 +279,7 @@ def test_try_connect_tells_refused_from_open() -> None:
 def test_the_kernel_socket_table_sees_a_listener(
     family: int, bind_host: str, target_host: str
 ) -> None:
-    from exsa_doctor.supervise.wait import ListenWatch
+    from exsa_doctor.supervise.transport import ListenWatch
 
     with socket.socket(family) as listener:
         listener.bind((bind_host, 0))

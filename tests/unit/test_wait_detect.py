@@ -17,7 +17,8 @@ from dataclasses import replace
 import pytest
 
 from exsa_doctor.profiles import load_builtin
-from exsa_doctor.supervise.wait import Outcome, WaitRequest, summary, wait_ready
+from exsa_doctor.supervise.explain import summary
+from exsa_doctor.supervise.wait import Outcome, WaitRequest, wait_ready
 from exsa_doctor.target import resolve_target
 
 

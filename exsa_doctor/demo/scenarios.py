@@ -313,7 +313,7 @@ def _new(name: str, title: str, *, model: bool = True, truncate: bool = False) -
     model_path = workdir / "model.gguf"
     try:
         if model:
-            from exsa_doctor.standin.ggufmake import write_gguf
+            from exsa_doctor.demo.standin.ggufmake import write_gguf
 
             size = write_gguf(model_path)
             if truncate:
@@ -368,7 +368,7 @@ def _engine_argv(mode: str, load_s: float) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "exsa_doctor.standin",
+        "exsa_doctor.demo.standin",
         "--mode",
         mode,
         "--load-seconds",

@@ -749,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m exsa_doctor.standin",
+        prog="python -m exsa_doctor.demo.standin",
         description="A stand-in for exsa-engine (configured by MODEL_PATH, HOST, PORT).",
     )
     parser.add_argument(

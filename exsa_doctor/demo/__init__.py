@@ -1,9 +1,18 @@
-"""`exsa-doctor demo [SCENARIO]`: build a real failure on this machine, diagnose it, clean up.
+"""The demo, in a place of its own: `exsa-doctor demo [SCENARIO]` builds a real failure on this
+machine, diagnoses it and cleans up.
 
-The scenario (see `scenarios.py`) starts real processes: the stand-in engine, a squatter on
-its port, a lock holder, an orphan. The diagnosis is the same one `diagnose` runs, pointed at
-the scenario's URL, model, log and the time the simulated client's request failed. Whatever
-happens (an error, Ctrl-C, SIGTERM), every process the scenario started is stopped by PID.
+- `standin/`: a stand-in for exsa-engine (same configuration, start-up order, log lines and
+  HTTP API; `python -m exsa_doctor.demo.standin`), and the GGUF maker it and the tests use. It
+  takes on the engine's name as it starts (argv[0] `exsa-engine`), so the exsa-engine profile
+  knows it the way it knows the real engine; nothing in the product knows the stand-in.
+- `scenarios.py`: builders that start real processes (the stand-in, a squatter on its port, a
+  lock holder, an orphan) and wait until the failure has really happened.
+- here: the demo itself. The diagnosis is the one `diagnose` runs (`api.diagnose`), pointed at
+  the scenario's URL, model, log and the time the simulated client's request failed. Whatever
+  happens (an error, Ctrl-C, SIGTERM), every process the scenario started is stopped by PID.
+
+Nothing outside this package imports it, except the CLI's `demo` command. Imports are made by
+the functions that need them, so starting the stand-in does not load the demo's machinery.
 """
 
 from __future__ import annotations
@@ -15,10 +24,9 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from exsa_doctor.model import Diagnosis
-from exsa_doctor.scenarios import Scenario, build, names
-
 if TYPE_CHECKING:
+    from exsa_doctor.demo.scenarios import Scenario
+    from exsa_doctor.model import Diagnosis
     from exsa_doctor.target import Target
 
 DEFAULT_SCENARIO = "race"
@@ -76,6 +84,8 @@ def run_demo(
     watch: float | None = None,
 ) -> Diagnosis:
     """Build `name`, diagnose it, always clean up. KeyError for an unknown scenario."""
+    from exsa_doctor.demo.scenarios import build, names
+
     if name not in names():
         raise KeyError(name)
     with _sigterm_as_interrupt():
