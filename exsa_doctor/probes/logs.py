@@ -372,17 +372,9 @@ class LogsProbe(Probe):
         """Offline, a bind failure that does not say why cannot be checked against the engine's
         machine; that it named one specific address (not a wildcard, not loopback) is a hint
         that the address is not that machine's."""
-        if finding.id != "logs.bind_failed" or finding.data.get("errno") is not None:
-            return
-        host = str(finding.data.get("host") or "").strip("[]")
-        if not host or host in ("localhost", "0.0.0.0", "::"):
-            return
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return  # a name: it resolves on the engine's machine, not here
-        if address.is_loopback or address.is_unspecified:
-            return
+        host = _reasonless_bind_host(finding)
+        if not host or _specific_address(host) is None:
+            return  # a name resolves on the engine's machine, not here
         out.add(
             self.finding(
                 "logs.bind_specific_host",
@@ -396,9 +388,9 @@ class LogsProbe(Probe):
     def _refine_bind(self, out: ProbeOutput, finding: Finding) -> None:
         """What this machine adds to a bind failure that does not say why (llama-server's
         "couldn't bind"): a host that is not one of its addresses, a privileged port."""
-        if finding.id != "logs.bind_failed" or finding.data.get("errno") is not None:
+        host = _reasonless_bind_host(finding)
+        if host is None:
             return
-        host = str(finding.data.get("host") or "").strip("[]")
         port = finding.data.get("port")
         if host and not _is_local_address(host):
             out.findings.remove(finding)
@@ -703,14 +695,27 @@ def _nobody_listens(port: int) -> bool:
     return not scan.listeners and scan.complete
 
 
-def _is_local_address(host: str) -> bool:
-    """Whether `host` is a wildcard, a name, or an address of one of this machine's interfaces."""
+def _reasonless_bind_host(finding: Finding) -> str | None:
+    """The host ("" when none) a bind failure without an errno named; None for other findings."""
+    if finding.id != "logs.bind_failed" or finding.data.get("errno") is not None:
+        return None
+    return str(finding.data.get("host") or "").strip("[]")
+
+
+def _specific_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """`host` as a literal address that is neither a wildcard nor loopback; None for a name."""
     try:
         address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
-        return True  # a name: resolving it is not ours to do here
-    if address.is_unspecified or address.is_loopback:
-        return True
+        return None
+    return None if address.is_unspecified or address.is_loopback else address
+
+
+def _is_local_address(host: str) -> bool:
+    """Whether `host` is a wildcard, a name, or an address of one of this machine's interfaces."""
+    address = _specific_address(host)
+    if address is None:
+        return True  # a wildcard, loopback, or a name: resolving it is not ours to do here
     import psutil
 
     try:

@@ -561,3 +561,43 @@ def test_timeline_events_carry_the_milestone_of_their_line(
     for words, kind in kinds:
         (event,) = [e for e in out.timeline if e.event.startswith(words)]
         assert event.kind.value == kind, (words, event)
+
+
+@pytest.mark.parametrize(
+    ("host", "noted"),
+    [
+        ("33.206.101.72", True),  # a specific address: it may not be on the engine's machine
+        ("fe80::1", True),
+        ("127.0.0.1", False),  # loopback and wildcards are on every machine
+        ("0.0.0.0", False),
+        ("my-box.local", False),  # a name resolves there, not here
+    ],
+)
+def test_offline_a_reasonless_bind_to_a_specific_address_is_noted(
+    tmp_path: Path, host: str, noted: bool
+) -> None:
+    from exsa_doctor.api_offline import offline_findings
+
+    log = write(
+        tmp_path / "pasted.log",
+        f"couldn't bind to server socket: hostname={host} port=8898\n",
+    )
+    found = {f.id: f for f in offline_findings(log)}
+    assert "logs.bind_failed" in found
+    assert ("logs.bind_specific_host" in found) is noted
+    if noted:
+        assert found["logs.bind_specific_host"].data["host"] == host
+        assert found["logs.bind_specific_host"].data["port"] == 8898
+
+
+def test_offline_a_bind_failure_with_a_reason_is_not_second_guessed(tmp_path: Path) -> None:
+    from exsa_doctor.api_offline import offline_findings
+
+    log = write(
+        tmp_path / "pasted.log",
+        "srv  init: couldn't bind HTTP server socket, hostname: 10.1.2.3, port: 8080\n"
+        "error: listen tcp 10.1.2.3:8080: bind: address already in use\n",
+    )
+    found = {f.id: f for f in offline_findings(log)}
+    assert found["logs.bind_failed"].data["errno"] == 98  # the later line says why
+    assert "logs.bind_specific_host" not in found
