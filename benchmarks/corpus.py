@@ -93,14 +93,14 @@ def features_of(path: Path, without: frozenset[str] = frozenset()) -> list[str]:
         return sorted({f.id for f in offline_findings(path)})
 
 
-def signature_ids(path: Path) -> frozenset[str]:
-    """Ids of the signature rows that match a line of the log's newest run."""
+def read_with_rows(path: Path) -> tuple[list[str], frozenset[str]]:
+    """`features_of(path)` and the ids of the signature rows that matched, from one reading."""
     from exsa_doctor.api_offline import offline_findings
 
     seen: set[str] = set()
     with _table_without(frozenset(), record=seen):
-        offline_findings(path)
-    return frozenset(seen)
+        found = offline_findings(path)
+    return sorted({f.id for f in found}), frozenset(seen)
 
 
 @contextmanager

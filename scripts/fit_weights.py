@@ -30,7 +30,7 @@ import math
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ from benchmarks.corpus import (  # noqa: E402
     OTHER,
     entries,
     features_of,
-    signature_ids,
+    read_with_rows,
 )
 from exsa_doctor.causes import load_causes  # noqa: E402
 from exsa_doctor.fitted import NONE_CLASS  # noqa: E402
@@ -68,6 +68,7 @@ class Example:
     weight: float = 1.0
     thread: str = ""
     unseen: bool = False  # the coverage-aware view: rows only this log matches left out
+    log: str = ""  # the corpus entry's id; "" for a staged scenario
 
 
 def corpus_examples(
@@ -85,10 +86,11 @@ def corpus_examples(
     skipped: dict[str, int] = {}
     classes = {c.id for c in load_causes()}
     chosen = [e for e in entries() if e.split == "train" and e.engine != exclude_engine]
-    hits = {e.id: signature_ids(e.path) for e in chosen}
+    read = {e.id: read_with_rows(e.path) for e in chosen}
+    hits = {i: rows for i, (_, rows) in read.items()}
     count = Counter(i for ids in hits.values() for i in ids)
     for entry in chosen:
-        feats = frozenset(features_of(entry.path))
+        feats = frozenset(read[entry.id][0])
         label = outside_label(feats) if entry.cause == OTHER else entry.cause
         if label not in classes and label != NONE_CLASS:
             skipped[entry.cause] = skipped.get(entry.cause, 0) + 1
@@ -106,7 +108,16 @@ def corpus_examples(
                 continue
             for suffix, extra in (("", frozenset()), ("+machine", frozenset(NOTHING_RUNNING))):
                 out.append(
-                    Example(source + suffix, lab, fs | extra, entry.engine, w, entry.thread, unseen)
+                    Example(
+                        source + suffix,
+                        lab,
+                        fs | extra,
+                        entry.engine,
+                        w,
+                        entry.thread,
+                        unseen,
+                        entry.id,
+                    )
                 )
     return out, skipped
 
@@ -217,15 +228,14 @@ def choose_unseen_weight(corpus: Sequence[Example], scenarios: Sequence[Example]
         total, count = 0.0, 0
         for k in range(FOLDS):
             train = [
-                Example(e.source, e.label, e.features, e.engine, candidate, e.thread, e.unseen)
-                if e.unseen
-                else e
+                replace(e, weight=candidate) if e.unseen else e
                 for e in corpus
                 if fold_of(e.thread) != k and (candidate > 0 or not e.unseen)
             ]
             held = [e for e in corpus if fold_of(e.thread) == k]
-            unseen_sources = {e.source.split("~")[0] for e in held if e.unseen}
-            wild = [e for e in held if e.unseen or e.source.split("+")[0] not in unseen_sources]
+            # each log as a new one meets the table: its unseen view where it has one
+            has_unseen = {e.log for e in held if e.unseen}
+            wild = [e for e in held if e.unseen or e.log not in has_unseen]
             biases, weights, _ = fit([*train, *scenarios])
             total += mean_log_loss(biases, weights, wild) * len(wild)
             count += len(wild)
@@ -264,9 +274,7 @@ def render(
     skipped: dict[str, int],
     unseen_weight: float,
 ) -> str:
-    corpus = len(
-        {e.source.split("~")[0].split("+")[0] for e in examples if e.source.startswith("corpus:")}
-    )
+    corpus = len({e.log for e in examples if e.log})
     scen = sum(1 for e in examples if not e.source.startswith("corpus:"))
     lines = [
         "# Fitted by scripts/fit_weights.py from labelled data. Do not edit by hand: change",
@@ -304,16 +312,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenarios = scenario_examples()
     unseen_weight = choose_unseen_weight(corpus, scenarios)
     corpus = [
-        Example(e.source, e.label, e.features, e.engine, unseen_weight, e.thread, e.unseen)
-        if e.unseen
-        else e
+        replace(e, weight=unseen_weight) if e.unseen else e
         for e in corpus
         if unseen_weight > 0 or not e.unseen
     ]
     examples = corpus + scenarios
     biases, weights, loss = fit(examples)
     text = render(biases, weights, examples, skipped, unseen_weight)
-    logs = len({e.source.split("~")[0].split("+")[0] for e in corpus})
+    logs = len({e.log for e in corpus})
     print(
         f"fitted on {logs} training logs (x2 views, unseen-view weight {unseen_weight}) + "
         f"{len(scenarios)} scenario examples; training log-loss {loss:.3f}"
