@@ -218,8 +218,14 @@ def main() -> int:
         for engine, n in sorted(counts.items()):
             if n < 5:
                 continue
-            examples, _ = corpus_examples(exclude_engine=engine)
-            biases, weights, _loss = fit(examples + scenario_examples())
+            # the same choices as the shipped fit (weights.toml [meta])
+            examples, _ = corpus_examples(
+                exclude_engine=engine,
+                unseen_weight=float(model.meta.get("unseen_view_weight", 1.0)),
+            )
+            biases, weights, _loss = fit(
+                examples + scenario_examples(), float(model.meta.get("sigma_hint", 1.0))
+            )
             held = FittedModel(biases=biases, weights=weights)
             outs = evaluate([e for e in corpus if e.engine == engine], held, cache)
             s = summary([o for o in outs if o.view == "offline"])

@@ -52,6 +52,10 @@ SCENARIOS = REPO / "fixtures" / "training" / "scenarios.jsonl"
 OUTPUT = REPO / "exsa_doctor" / "weights.toml"
 UNPLACED = frozenset({"logs.unrecognised_error", "logs.load_failed", "logs.not_started"})
 SIGMA_WEIGHT = 1.0  # prior's standard deviation around a hand weight (log units)
+# hints (signatures/hints.toml) carry no hand knowledge of their strength: the width of their
+# prior is chosen by cross-validation (choose_hint_sigma) from this grid
+SIGMA_HINT_GRID = (1.0, 2.0, 3.0)
+HINT_PREFIX = "logs.hint_"
 SIGMA_BIAS = 0.5  # base rates are the table's (live use); the corpus's own are not ours
 STEPS = 4000
 LEARNING_RATE = 0.03
@@ -139,8 +143,12 @@ def scenario_examples() -> list[Example]:
     return out
 
 
-def fit(examples: Sequence[Example]) -> tuple[dict[str, float], dict[str, dict[str, float]], float]:
-    """MAP fit; returns biases, weights (by cause, finding) and the training log-loss."""
+def fit(
+    examples: Sequence[Example], sigma_hint: float = SIGMA_WEIGHT
+) -> tuple[dict[str, float], dict[str, dict[str, float]], float]:
+    """MAP fit; returns biases, weights (by cause, finding) and the training log-loss.
+
+    `sigma_hint`: the prior's width for hint findings (signatures/hints.toml)."""
     causes = load_causes()
     classes = [c.id for c in causes]
     features = sorted({f for c in causes for f in c.evidence})
@@ -148,6 +156,7 @@ def fit(examples: Sequence[Example]) -> tuple[dict[str, float], dict[str, dict[s
     k, m, n = len(classes), len(features), len(examples)
     mask = np.zeros((k, m))
     w0 = np.zeros((k, m))
+    sigma = np.array([sigma_hint if f.startswith(HINT_PREFIX) else SIGMA_WEIGHT for f in features])
     for i, cause in enumerate(causes):
         for fid, lr in cause.evidence.items():
             mask[i, col[fid]] = 1.0
@@ -178,7 +187,7 @@ def fit(examples: Sequence[Example]) -> tuple[dict[str, float], dict[str, dict[s
         p /= p.sum(axis=1, keepdims=True)
         loss = float(-(sw * y * np.log(p + 1e-12)).sum() / max(float(sw.sum()), 1.0))
         g = (sw * (p - y))[:, :k]  # n x k
-        gw = (g.T @ x) * mask + (w - w0) * mask / SIGMA_WEIGHT**2
+        gw = (g.T @ x) * mask + (w - w0) * mask / sigma**2
         gb = g.sum(axis=0) + (b - b0) / SIGMA_BIAS**2
         _adam(w, gw, mw, vw, step)
         _adam(b, gb, mb, vb, step)
@@ -216,33 +225,54 @@ def mean_log_loss(
     return total / max(len(examples), 1)
 
 
-def choose_unseen_weight(corpus: Sequence[Example], scenarios: Sequence[Example]) -> float:
-    """The weight of the coverage-aware views that predicts unseen threads best.
+def cv_log_loss(
+    corpus: Sequence[Example], scenarios: Sequence[Example], unseen_weight: float, sigma_hint: float
+) -> float:
+    """Cross-validated log-loss by thread on the training split only.
 
-    Cross-validation by thread on the training split only: each fold's logs are judged as a new
-    log meets the table (without the rows only they match, where they have such rows), the model
-    fitted on the other folds with the candidate weight.
+    Each fold's logs are judged as a new log meets the table (without the rows only they match,
+    where they have such rows), the model fitted on the other folds.
     """
+    total, count = 0.0, 0
+    for k in range(FOLDS):
+        train = [
+            replace(e, weight=unseen_weight) if e.unseen else e
+            for e in corpus
+            if fold_of(e.thread) != k and (unseen_weight > 0 or not e.unseen)
+        ]
+        held = [e for e in corpus if fold_of(e.thread) == k]
+        # each log as a new one meets the table: its unseen view where it has one
+        has_unseen = {e.log for e in held if e.unseen}
+        wild = [e for e in held if e.unseen or e.log not in has_unseen]
+        biases, weights, _ = fit([*train, *scenarios], sigma_hint)
+        total += mean_log_loss(biases, weights, wild) * len(wild)
+        count += len(wild)
+    return total / max(count, 1)
+
+
+def choose_unseen_weight(corpus: Sequence[Example], scenarios: Sequence[Example]) -> float:
+    """The weight of the coverage-aware views that predicts unseen threads best."""
     best, best_loss = UNSEEN_GRID[-1], float("inf")
     for candidate in UNSEEN_GRID:
-        total, count = 0.0, 0
-        for k in range(FOLDS):
-            train = [
-                replace(e, weight=candidate) if e.unseen else e
-                for e in corpus
-                if fold_of(e.thread) != k and (candidate > 0 or not e.unseen)
-            ]
-            held = [e for e in corpus if fold_of(e.thread) == k]
-            # each log as a new one meets the table: its unseen view where it has one
-            has_unseen = {e.log for e in held if e.unseen}
-            wild = [e for e in held if e.unseen or e.log not in has_unseen]
-            biases, weights, _ = fit([*train, *scenarios])
-            total += mean_log_loss(biases, weights, wild) * len(wild)
-            count += len(wild)
-        loss = total / max(count, 1)
+        loss = cv_log_loss(corpus, scenarios, candidate, SIGMA_WEIGHT)
         print(
             f"  unseen-view weight {candidate}: cross-validated log-loss {loss:.3f}",
             file=sys.stderr,
+        )
+        if loss < best_loss:
+            best, best_loss = candidate, loss
+    return best
+
+
+def choose_hint_sigma(
+    corpus: Sequence[Example], scenarios: Sequence[Example], unseen_weight: float
+) -> float:
+    """The width of the hints' prior that predicts unseen threads best."""
+    best, best_loss = SIGMA_HINT_GRID[0], float("inf")
+    for candidate in SIGMA_HINT_GRID:
+        loss = cv_log_loss(corpus, scenarios, unseen_weight, candidate)
+        print(
+            f"  hint prior width {candidate}: cross-validated log-loss {loss:.3f}", file=sys.stderr
         )
         if loss < best_loss:
             best, best_loss = candidate, loss
@@ -273,6 +303,7 @@ def render(
     examples: Sequence[Example],
     skipped: dict[str, int],
     unseen_weight: float,
+    sigma_hint: float,
 ) -> str:
     corpus = len({e.log for e in examples if e.log})
     scen = sum(1 for e in examples if not e.source.startswith("corpus:"))
@@ -286,6 +317,7 @@ def render(
         f'training_digest = "{digest(examples)}"',
         f"sigma_weight = {SIGMA_WEIGHT}",
         f"sigma_bias = {SIGMA_BIAS}",
+        f"sigma_hint = {sigma_hint}",
         f"unseen_view_weight = {unseen_weight}",
         "skipped_labels = { "
         + ", ".join(f'"{k}" = {v}' for k, v in sorted(skipped.items()))
@@ -311,18 +343,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     corpus, skipped = corpus_examples(args.exclude_engine)
     scenarios = scenario_examples()
     unseen_weight = choose_unseen_weight(corpus, scenarios)
+    sigma_hint = choose_hint_sigma(corpus, scenarios, unseen_weight)
     corpus = [
         replace(e, weight=unseen_weight) if e.unseen else e
         for e in corpus
         if unseen_weight > 0 or not e.unseen
     ]
     examples = corpus + scenarios
-    biases, weights, loss = fit(examples)
-    text = render(biases, weights, examples, skipped, unseen_weight)
+    biases, weights, loss = fit(examples, sigma_hint)
+    text = render(biases, weights, examples, skipped, unseen_weight, sigma_hint)
     logs = len({e.log for e in corpus})
     print(
         f"fitted on {logs} training logs (x2 views, unseen-view weight {unseen_weight}) + "
-        f"{len(scenarios)} scenario examples; training log-loss {loss:.3f}"
+        f"{len(scenarios)} scenario examples, hint prior width {sigma_hint}; "
+        f"training log-loss {loss:.3f}"
         + (f"; labels not in the table, left out: {skipped}" if skipped else ""),
         file=sys.stderr,
     )

@@ -23,6 +23,7 @@ import ipaddress
 import os
 import stat
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,18 @@ if TYPE_CHECKING:  # the log parser and the signature tables load only when a lo
 
 LOADING_WINDOW_S = 600.0  # a load older than this is no longer "in progress" but stuck
 _WILDCARDS = frozenset({"0.0.0.0", "::", "*", "", "[::]"})
+# Words in unplaced error lines (signatures/hints.toml): evidence that leans, never a root.
+HINT_FINDINGS = (
+    "logs.hint_gpu",
+    "logs.hint_memory",
+    "logs.hint_argument",
+    "logs.hint_unsupported",
+    "logs.hint_permission",
+    "logs.hint_library",
+    "logs.hint_model_file",
+    "logs.hint_network",
+)
+MAX_HINTED_LINES = 20
 # The findings the signature tables raise (exsa_doctor/signatures/*.toml; a test checks the list).
 SIGNATURE_FINDINGS = (
     "logs.bind_failed",
@@ -70,6 +83,7 @@ SIGNATURE_FINDINGS = (
     "logs.client_not_found",
     "logs.limit_not_raised",
     "logs.zero_tokens",
+    *HINT_FINDINGS,
 )
 # Facts of this machine that refine what a bind failure means (never for an offline log).
 REFINED_FINDINGS = ("logs.privileged_port", "logs.bind_specific_host")
@@ -273,12 +287,32 @@ class LogsProbe(Probe):
                     # a Python traceback ends with its exception: that line says the most
                     hit = chain.unknown[-1] if _is_traceback(chain.unknown) else chain.unknown[0]
                     self._hit_finding(out, report, path, hit, seen, explains=[])
+                    self._hints(out, path, chain.unknown, seen)
                     ended = True
         for path, report, chain in chains:
             for hit in (*chain.context, *chain.client):
                 if hit.signature.finding not in seen:
                     self._hit_finding(out, report, path, hit, seen, explains=[])
         return ended
+
+    def _hints(self, out: ProbeOutput, path: Path, unknown: Sequence[Hit], seen: set[str]) -> None:
+        """Words in the unplaced lines that lean towards a kind of cause (signatures/hints.toml)."""
+        from exsa_doctor.signatures import load_table
+
+        table = load_table()
+        for hit in unknown[:MAX_HINTED_LINES]:
+            for sig, _groups in table.hints_of(hit.line):
+                if sig.finding in seen:
+                    continue
+                seen.add(sig.finding)
+                out.add(
+                    self.finding(
+                        sig.finding,
+                        Level.INFO,
+                        f"{sig.summary}: {hit.line[:200]}",
+                        {"signature": sig.id, "line": hit.line, "log": str(path), "kind": "hint"},
+                    )
+                )
 
     def _hit_finding(
         self,

@@ -1,12 +1,14 @@
 """Log signatures as data, and the causal reading of a run's error lines.
 
 One TOML file per family (`llamacpp.toml`, `ollama.toml`, `python.toml`, `os.toml`, `exsa.toml`,
-`client.toml`, `generic.toml`). A row is a regex with named captures, the finding it raises, the
-start-up stage, whether it is `specific` (a reason), `generic` (a consequence: "failed to load
-model", an exit status), `context` (a fact that explains nothing alone), `client` (what a client
-printed) or `unknown` (a fatal-looking line no other row knows), a summary with `{capture}`
-placeholders (a `[...]` segment is dropped when a placeholder in it has no value) and an example
-line that the regex must match.
+`client.toml`, `generic.toml`, `hints.toml`). A row is a regex with named captures, the finding it
+raises, the start-up stage, whether it is `specific` (a reason), `generic` (a consequence: "failed
+to load model", an exit status), `context` (a fact that explains nothing alone), `client` (what a
+client printed), `unknown` (a fatal-looking line no other row knows) or `hint` (a word in such an
+unknown line that leans towards a kind of cause: a GPU, memory, a flag; every hint that matches is
+raised, with weights fitted like any other evidence), a summary with `{capture}` placeholders (a
+`[...]` segment is dropped when a placeholder in it has no value) and an example line that the
+regex must match.
 
 Reading (`read_chain`): in the newest run, the earliest specific error is the root; the generic
 lines after it are its consequences, never a cause of their own. Generic lines alone say that the
@@ -41,8 +43,8 @@ else:  # pragma: no cover - exercised on 3.10 only
 
     import tomli as tomllib
 
-FAMILIES = ("exsa", "llamacpp", "ollama", "python", "os", "client", "generic")
-KINDS = ("specific", "generic", "context", "client", "unknown")
+FAMILIES = ("exsa", "llamacpp", "ollama", "python", "os", "client", "generic", "hints")
+KINDS = ("specific", "generic", "context", "client", "unknown", "hint")
 STAGES = (
     "arguments",
     "libraries",
@@ -128,6 +130,7 @@ class Table:
 
     signatures: tuple[Signature, ...]
     prefilter: tuple[str, ...]
+    hints: tuple[Signature, ...] = ()  # kind "hint": read only on lines no other row placed
 
     def match_line(self, line: str) -> tuple[Signature, dict[str, str]] | None:
         """The first row (by kind, then file order) that matches this line."""
@@ -139,6 +142,15 @@ class Table:
             if m is not None:
                 return sig, groups_of(m)
         return None
+
+    def hints_of(self, line: str) -> list[tuple[Signature, dict[str, str]]]:
+        """Every hint row that matches a line no row could place (all of them, not the first)."""
+        out: list[tuple[Signature, dict[str, str]]] = []
+        for sig in self.hints:
+            m = sig.pattern.search(line)
+            if m is not None:
+                out.append((sig, groups_of(m)))
+        return out
 
     def scan(self, lines: Sequence[str], start: int = 0, end: int | None = None) -> list[Hit]:
         """Hits in `lines[start:end]`, reading at most the first and last few thousand lines."""
@@ -337,8 +349,10 @@ def build_table(tables: Mapping[str, Mapping[str, Any]], *, strict: bool = True)
             rows.append(sig)
         prefilter.extend(str(k).lower() for k in raw.get("prefilter", []))
     order = {"specific": 0, "context": 1, "client": 1, "generic": 2, "unknown": 3}
+    hints = tuple(s for s in rows if s.kind == "hint")
+    rows = [s for s in rows if s.kind != "hint"]
     rows.sort(key=lambda s: order[s.kind])  # stable: file order within a kind
-    table = Table(signatures=tuple(rows), prefilter=tuple(dict.fromkeys(prefilter)))
+    table = Table(signatures=tuple(rows), prefilter=tuple(dict.fromkeys(prefilter)), hints=hints)
     for sig in rows:
         if not any(k in sig.example.lower() for k in table.prefilter):
             raise SignatureError(

@@ -53,8 +53,47 @@ def test_each_summary_fills_from_its_example(sig: Any) -> None:
     assert "…" not in text, f"{sig.id}: a required placeholder is empty on its own example: {text}"
 
 
+@pytest.mark.parametrize("sig", TABLE.hints, ids=lambda s: s.id)
+def test_each_hint_example_raises_its_own_hint_and_is_an_unplaced_line(sig: Any) -> None:
+    assert sig.id in {h.id for h, _ in TABLE.hints_of(sig.example)}
+    found = TABLE.match_line(sig.example)
+    assert found is not None and found[0].kind == "unknown", (sig.id, found and found[0].id)
+
+
+def test_hint_rows_are_never_tried_as_ordinary_rows() -> None:
+    assert TABLE.hints and all(h.kind == "hint" for h in TABLE.hints)
+    assert not [s for s in ROWS if s.kind == "hint"]
+
+
+def _offline(tmp_path: Path, text: str) -> set[str]:
+    from exsa_doctor.api_offline import offline_findings
+
+    log = tmp_path / "engine.log"
+    log.write_text(text, encoding="utf-8")
+    return {f.id for f in offline_findings(log)}
+
+
+def test_an_unplaced_gpu_line_raises_the_gpu_hint_beside_the_quote(tmp_path: Path) -> None:
+    ids = _offline(
+        tmp_path, "loading model\nRuntimeError: CUDA kernel frobnication failed on device 0\n"
+    )
+    assert {"logs.unrecognised_error", "logs.hint_gpu"} <= ids
+    assert "logs.hint_permission" not in ids and "logs.gpu_error" not in ids
+
+
+def test_no_hint_when_a_specific_error_explains_the_run(tmp_path: Path) -> None:
+    ids = _offline(
+        tmp_path,
+        "llama_model_load: error loading model: error loading model architecture: "
+        "unknown model architecture: 'gemma9'\n"
+        "RuntimeError: CUDA kernel frobnication failed on device 0\n",
+    )
+    assert "logs.unknown_architecture" in ids
+    assert not {i for i in ids if i.startswith("logs.hint_")}
+
+
 def test_every_finding_a_signature_raises_is_declared_by_the_logs_probe() -> None:
-    raised = {s.finding for s in ROWS}
+    raised = {s.finding for s in (*ROWS, *TABLE.hints)}
     assert raised <= set(SIGNATURE_FINDINGS)
     assert set(SIGNATURE_FINDINGS) <= set(LogsProbe.emits)
     assert set(REFINED_FINDINGS) <= set(LogsProbe.emits)
@@ -66,7 +105,7 @@ def _adversarial_unit(sig: Any) -> str:
     return sig.example + " " + sig.example[:24] * 40
 
 
-@pytest.mark.parametrize("sig", ROWS, ids=lambda s: s.id)
+@pytest.mark.parametrize("sig", (*ROWS, *TABLE.hints), ids=lambda s: s.id)
 def test_each_regex_finishes_on_a_1_mb_adversarial_line(sig: Any) -> None:
     unit = _adversarial_unit(sig)
     line = unit * (1_000_000 // len(unit) + 1)
