@@ -81,6 +81,7 @@ SIGNATURE_FINDINGS = (
     "logs.client_refused_remote",
     "logs.client_unresolved",
     "logs.client_not_found",
+    "logs.client_model_not_found",
     "logs.limit_not_raised",
     "logs.zero_tokens",
     *HINT_FINDINGS,
