@@ -121,6 +121,7 @@ def _table_without(without: frozenset[str], record: set[str] | None = None) -> I
     table = _Recording(
         signatures=tuple(s for s in full.signatures if s.id not in without),
         prefilter=full.prefilter,
+        hints=full.hints,
     )
     original = parser.load_table
     parser.load_table = lambda: table  # type: ignore[assignment]

@@ -255,6 +255,9 @@ class LogReport:
     hits: tuple[Hit, ...] = ()
     # the wall time of each hit's line, where known (same order as `hits`)
     hit_times: tuple[float | None, ...] = ()
+    # when no row matched a line of the newest run: the first line each hint row matched
+    # (signatures/hints.toml); a pasted fragment may still say what it is about
+    quiet_hints: tuple[Hit, ...] = ()
 
     @property
     def starts(self) -> tuple[Run, ...]:
@@ -845,6 +848,7 @@ def parse_log(
     first = runs[-1].start_line if len(runs) > 1 else 0
     hits = table.scan(lines, start=first)
     hit_times = tuple(_time_near(clock, h.lineno, first) for h in hits)
+    quiet = () if hits else tuple(table.hint_scan(lines, start=first))
     return LogReport(
         timestamp_format=fmt,
         events=tuple(all_events),
@@ -859,6 +863,7 @@ def parse_log(
         notes=tuple(notes),
         hits=tuple(hits),
         hit_times=hit_times,
+        quiet_hints=quiet,
     )
 
 

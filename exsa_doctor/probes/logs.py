@@ -290,6 +290,11 @@ class LogsProbe(Probe):
                     self._hit_finding(out, report, path, hit, seen, explains=[])
                     self._hints(out, path, chain.unknown, seen)
                     ended = True
+        if ctx_offline and not any(report.hits for _path, report, _chain in chains):
+            # a pasted fragment no row knows: what its words are about is still evidence
+            for path, report, _chain in chains:
+                if report.last_run is None or report.last_run.listening is None:
+                    self._hints(out, path, report.quiet_hints, seen)
         for path, report, chain in chains:
             for hit in (*chain.context, *chain.client):
                 if hit.signature.finding not in seen:

@@ -70,6 +70,9 @@ MAX_BOUNDED_REPEAT = 1000
 # how many lines of a run are read at most: its first and its last ones
 HEAD_LINES = 4000
 TAIL_LINES = 4000
+# a run no row matched is read for hints in its first and last few lines only
+HINT_HEAD_LINES = 200
+HINT_TAIL_LINES = 200
 
 
 class SignatureError(ValueError):
@@ -151,6 +154,29 @@ class Table:
             if m is not None:
                 out.append((sig, groups_of(m)))
         return out
+
+    def hint_scan(self, lines: Sequence[str], start: int = 0) -> list[Hit]:
+        """The first line each hint row matches, in a run where no row matched any line.
+
+        Reads the run's first and last few hundred lines; one hit per hint row, in line order.
+        """
+        end = len(lines)
+        indexes: Iterable[int]
+        if end - start > HINT_HEAD_LINES + HINT_TAIL_LINES:
+            indexes = [*range(start, start + HINT_HEAD_LINES), *range(end - HINT_TAIL_LINES, end)]
+        else:
+            indexes = range(start, end)
+        found: dict[str, Hit] = {}
+        for idx in indexes:
+            line = lines[idx][:MAX_LINE_CHARS]
+            if not line.strip() or (idx > 0 and _TRACEBACK_FRAME.match(lines[idx - 1])):
+                continue
+            for sig, groups in self.hints_of(line):
+                if sig.id not in found:
+                    found[sig.id] = Hit(sig, idx, line.strip()[:400], groups)
+            if len(found) == len(self.hints):
+                break
+        return sorted(found.values(), key=lambda h: h.lineno)
 
     def scan(self, lines: Sequence[str], start: int = 0, end: int | None = None) -> list[Hit]:
         """Hits in `lines[start:end]`, reading at most the first and last few thousand lines."""

@@ -275,3 +275,39 @@ def test_the_row_order_puts_specific_rows_first() -> None:
     kinds = [s.kind for s in ROWS]
     order = {"specific": 0, "context": 1, "client": 1, "generic": 2, "unknown": 3}
     assert kinds == sorted(kinds, key=lambda k: order[k])
+
+
+def _live_ids(tmp_path: Path, text: str) -> set[str]:
+    """The logs probe on the same log, as a live diagnosis reads it (not offline)."""
+    from exsa_doctor import api
+    from exsa_doctor.target import resolve_target
+
+    log = tmp_path / "engine.log"
+    log.write_text(text, encoding="utf-8")
+    target = resolve_target(logs=(log,), failed_at=None, timeout_s=5.0, environ={})
+    return {f.id for f in api.diagnose(target, probes=["logs"]).findings}
+
+
+QUIET_FRAGMENT = "the vision request returned nothing\nwe checked the nvidia driver page twice\n"
+
+
+def test_a_pasted_fragment_no_row_knows_still_raises_its_hints(tmp_path: Path) -> None:
+    report = parse_log(QUIET_FRAGMENT.encode(), load_builtin("llama-server"))
+    assert not report.hits
+    assert [h.signature.id for h in report.quiet_hints] == ["hint.gpu"]
+    ids = _offline(tmp_path, QUIET_FRAGMENT)
+    assert "logs.hint_gpu" in ids and "logs.unrecognised_error" not in ids
+
+
+def test_quiet_hints_are_for_offline_fragments_only(tmp_path: Path) -> None:
+    # live, the other probes speak for the machine; a quiet log's words are not evidence there
+    assert not {i for i in _live_ids(tmp_path, QUIET_FRAGMENT) if i.startswith("logs.hint_")}
+
+
+def test_no_quiet_hints_once_a_row_matched_a_line(tmp_path: Path) -> None:
+    text = (
+        QUIET_FRAGMENT + "curl: (7) Failed to connect to localhost port 3000: Connection refused\n"
+    )
+    report = parse_log(text.encode(), load_builtin("llama-server"))
+    assert report.hits and not report.quiet_hints
+    assert not {i for i in _offline(tmp_path, text) if i.startswith("logs.hint_")}
