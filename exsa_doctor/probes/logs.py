@@ -59,6 +59,7 @@ SIGNATURE_FINDINGS = (
     "logs.model_path_unset",
     "logs.unknown_architecture",
     "logs.unsupported_format",
+    "logs.unreadable_format",
     "logs.bad_argument",
     "logs.usage_line",
     "logs.missing_library",
