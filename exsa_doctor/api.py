@@ -103,7 +103,6 @@ def make_target(
     Raises `UsageError` for input that cannot be used.
     """
     from exsa_doctor.detect import refine_target
-    from exsa_doctor.profiles import ProfileError, customized
     from exsa_doctor.target import resolve_target
 
     for path in logs:
@@ -129,16 +128,26 @@ def make_target(
     refined = refine_target(target, auto_profile=auto)
     if health_path is None and ready_marker is None and not process_names:
         return refined
+    return replace(
+        refined, profile=_customized(refined.profile, health_path, ready_marker, process_names)
+    )
+
+
+def _customized(
+    base: Profile, health_path: str | None, ready_marker: str | None, process_names: Sequence[str]
+) -> Profile:
+    """The profile with the command line's overrides (`UsageError` if they do not fit it)."""
+    from exsa_doctor.profiles import ProfileError, customized
+
     try:
-        custom = customized(
-            refined.profile,
+        return customized(
+            base,
             health_path=health_path,
             ready_marker=ready_marker,
             process_names=tuple(process_names),
         )
     except ProfileError as exc:
         raise UsageError(str(exc)) from None
-    return replace(refined, profile=custom)
 
 
 def select_probes(names: Sequence[str] = ()) -> list[Probe]:
@@ -373,19 +382,10 @@ def run_options(
     if profile_file is not None or profile not in ("", "auto"):
         chosen, _reason = choose_profile(profile, profile_file)
     if health_path is not None or ready_marker is not None or process_names:
-        from exsa_doctor.profiles import ProfileError, customized
         from exsa_doctor.supervise.run import profile_for_argv
 
         base = chosen if chosen is not None else profile_for_argv(list(argv))[0]
-        try:
-            chosen = customized(
-                base,
-                health_path=health_path,
-                ready_marker=ready_marker,
-                process_names=tuple(process_names),
-            )
-        except ProfileError as exc:
-            raise UsageError(str(exc)) from None
+        chosen = _customized(base, health_path, ready_marker, process_names)
     options = RunOptions(
         argv=list(argv),
         port=port,

@@ -29,7 +29,7 @@ import json
 import math
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -250,33 +250,36 @@ def cv_log_loss(
     return total / max(count, 1)
 
 
-def choose_unseen_weight(corpus: Sequence[Example], scenarios: Sequence[Example]) -> float:
-    """The weight of the coverage-aware views that predicts unseen threads best."""
-    best, best_loss = UNSEEN_GRID[-1], float("inf")
-    for candidate in UNSEEN_GRID:
-        loss = cv_log_loss(corpus, scenarios, candidate, SIGMA_WEIGHT)
+def _best(grid: Sequence[float], loss_of: Callable[[float], float], name: str) -> float:
+    """The grid value with the lowest cross-validated log-loss (the first on a tie)."""
+    losses = {}
+    for candidate in grid:
+        losses[candidate] = loss_of(candidate)
         print(
-            f"  unseen-view weight {candidate}: cross-validated log-loss {loss:.3f}",
+            f"  {name} {candidate}: cross-validated log-loss {losses[candidate]:.3f}",
             file=sys.stderr,
         )
-        if loss < best_loss:
-            best, best_loss = candidate, loss
-    return best
+    return min(grid, key=lambda c: losses[c])
+
+
+def choose_unseen_weight(corpus: Sequence[Example], scenarios: Sequence[Example]) -> float:
+    """The weight of the coverage-aware views that predicts unseen threads best."""
+    return _best(
+        UNSEEN_GRID,
+        lambda w: cv_log_loss(corpus, scenarios, w, SIGMA_WEIGHT),
+        "unseen-view weight",
+    )
 
 
 def choose_hint_sigma(
     corpus: Sequence[Example], scenarios: Sequence[Example], unseen_weight: float
 ) -> float:
     """The width of the hints' prior that predicts unseen threads best."""
-    best, best_loss = SIGMA_HINT_GRID[0], float("inf")
-    for candidate in SIGMA_HINT_GRID:
-        loss = cv_log_loss(corpus, scenarios, unseen_weight, candidate)
-        print(
-            f"  hint prior width {candidate}: cross-validated log-loss {loss:.3f}", file=sys.stderr
-        )
-        if loss < best_loss:
-            best, best_loss = candidate, loss
-    return best
+    return _best(
+        SIGMA_HINT_GRID,
+        lambda sigma: cv_log_loss(corpus, scenarios, unseen_weight, sigma),
+        "hint prior width",
+    )
 
 
 def _adam(param: np.ndarray, grad: np.ndarray, mom: np.ndarray, vel: np.ndarray, step: int) -> None:

@@ -458,6 +458,14 @@ def _wait_fail(sc: Scenario, popen: subprocess.Popen[bytes], needle: str, timeou
     )
 
 
+def _start_failing(sc: Scenario, needle: str, mode: str = "ok") -> None:
+    """Start the engine and wait until it has exited with `needle` in its log."""
+    engine = start_engine(sc, mode=mode)
+    sc.extra["engine_pid"] = engine.pid
+    _wait_fail(sc, engine, needle, 20.0)
+    sc.failed_at = time.time()
+
+
 def _wait_healthy(
     sc: Scenario, timeout: float = 20.0, port: int | None = None, status: str = "healthy"
 ) -> None:
@@ -522,10 +530,7 @@ def build_port_in_use(notify: Notify | None = None) -> Scenario:
         _await_ready_line(squatter, "the squatter to listen")
         sc.extra["squatter_pid"] = squatter.pid
         _say(notify, "starting the engine on the same port")
-        engine = start_engine(sc)
-        sc.extra["engine_pid"] = engine.pid
-        _wait_fail(sc, engine, "Failed to bind", 20.0)
-        sc.failed_at = time.time()
+        _start_failing(sc, "Failed to bind")
     return sc
 
 
@@ -560,10 +565,7 @@ def build_stale_instance(notify: Notify | None = None) -> Scenario:
         sc.extra["stale_log"] = str(stale_log)
         _wait_healthy(sc)
         _say(notify, f"the orphaned engine (PID {stale_pid}) serves; starting a new engine")
-        engine = start_engine(sc)
-        sc.extra["engine_pid"] = engine.pid
-        _wait_fail(sc, engine, "Failed to bind", 20.0)
-        sc.failed_at = time.time()
+        _start_failing(sc, "Failed to bind")
     return sc
 
 
@@ -641,10 +643,7 @@ def build_corrupt_model(notify: Notify | None = None) -> Scenario:
     )
     with cleanup_on_error(sc):
         _say(notify, f"a truncated GGUF at {sc.model}; starting the engine")
-        engine = start_engine(sc)
-        sc.extra["engine_pid"] = engine.pid
-        _wait_fail(sc, engine, "Failed to initialize inference engine", 20.0)
-        sc.failed_at = time.time()
+        _start_failing(sc, "Failed to initialize inference engine")
     return sc
 
 
@@ -653,10 +652,7 @@ def build_missing_model(notify: Notify | None = None) -> Scenario:
     with cleanup_on_error(sc):
         sc.model = sc.workdir / "models" / "missing.gguf"
         _say(notify, f"starting the engine with MODEL_PATH={sc.model} (no such file)")
-        engine = start_engine(sc)
-        sc.extra["engine_pid"] = engine.pid
-        _wait_fail(sc, engine, "Model validation failed", 20.0)
-        sc.failed_at = time.time()
+        _start_failing(sc, "Model validation failed")
     return sc
 
 
@@ -701,10 +697,7 @@ def build_mmap(notify: Notify | None = None) -> Scenario:
         _await_ready_line(mapper, "the mapper to map the model")
         sc.extra["mapper_pid"] = mapper.pid
         _say(notify, "starting an engine whose mmap fails (its own RLIMIT_AS is too small)")
-        engine = start_engine(sc, mode="mmap-fail")
-        sc.extra["engine_pid"] = engine.pid
-        _wait_fail(sc, engine, "Failed to initialize inference engine", 20.0)
-        sc.failed_at = time.time()
+        _start_failing(sc, "Failed to initialize inference engine", mode="mmap-fail")
     return sc
 
 
@@ -712,10 +705,7 @@ def build_oom(notify: Notify | None = None) -> Scenario:
     sc = _new("oom", "Allocating the KV cache fails: out of memory")
     with cleanup_on_error(sc):
         _say(notify, "starting an engine whose KV-cache allocation fails (RLIMIT_AS)")
-        engine = start_engine(sc, mode="oom")
-        sc.extra["engine_pid"] = engine.pid
-        _wait_fail(sc, engine, "Failed to initialize inference engine", 20.0)
-        sc.failed_at = time.time()
+        _start_failing(sc, "Failed to initialize inference engine", mode="oom")
     return sc
 
 

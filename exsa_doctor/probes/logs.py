@@ -23,7 +23,7 @@ import ipaddress
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +34,7 @@ from exsa_doctor.probes.base import Probe, ProbeOutput
 
 if TYPE_CHECKING:  # the log parser and the signature tables load only when a log is read
     from exsa_doctor.parsers.logs import LogEvent, LogReport, Run
-    from exsa_doctor.signatures import Chain, Hit
+    from exsa_doctor.signatures import Chain, Hit, Signature
 
 LOADING_WINDOW_S = 600.0  # a load older than this is no longer "in progress" but stuck
 _WILDCARDS = frozenset({"0.0.0.0", "::", "*", "", "[::]"})
@@ -295,7 +295,8 @@ class LogsProbe(Probe):
             # a pasted fragment no row knows: what its words are about is still evidence
             for path, report, _chain in chains:
                 if report.last_run is None or report.last_run.listening is None:
-                    self._hints(out, path, report.quiet_hints, seen)
+                    found = [(hit.signature, hit.line) for hit in report.quiet_hints]
+                    self._raise_hints(out, path, found, seen)
         for path, report, chain in chains:
             for hit in (*chain.context, *chain.client):
                 if hit.signature.finding not in seen:
@@ -307,19 +308,29 @@ class LogsProbe(Probe):
         from exsa_doctor.signatures import load_table
 
         table = load_table()
-        for hit in unknown[:MAX_HINTED_LINES]:
-            for sig, _groups in table.hints_of(hit.line):
-                if sig.finding in seen:
-                    continue
-                seen.add(sig.finding)
-                out.add(
-                    self.finding(
-                        sig.finding,
-                        Level.INFO,
-                        f"{sig.summary}: {hit.line[:200]}",
-                        {"signature": sig.id, "line": hit.line, "log": str(path), "kind": "hint"},
-                    )
+        found = [
+            (sig, hit.line)
+            for hit in unknown[:MAX_HINTED_LINES]
+            for sig, _ in table.hints_of(hit.line)
+        ]
+        self._raise_hints(out, path, found, seen)
+
+    def _raise_hints(
+        self, out: ProbeOutput, path: Path, found: Iterable[tuple[Signature, str]], seen: set[str]
+    ) -> None:
+        """One finding per hint row matched, quoting the first line it matched."""
+        for sig, line in found:
+            if sig.finding in seen:
+                continue
+            seen.add(sig.finding)
+            out.add(
+                self.finding(
+                    sig.finding,
+                    Level.INFO,
+                    f"{sig.summary}: {line[:200]}",
+                    {"signature": sig.id, "line": line, "log": str(path), "kind": "hint"},
                 )
+            )
 
     def _hit_finding(
         self,

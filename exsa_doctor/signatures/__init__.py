@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -160,20 +160,10 @@ class Table:
 
         Reads the run's first and last few hundred lines; one hit per hint row, in line order.
         """
-        end = len(lines)
-        indexes: Iterable[int]
-        if end - start > HINT_HEAD_LINES + HINT_TAIL_LINES:
-            indexes = [*range(start, start + HINT_HEAD_LINES), *range(end - HINT_TAIL_LINES, end)]
-        else:
-            indexes = range(start, end)
         found: dict[str, Hit] = {}
-        for idx in indexes:
-            line = lines[idx][:MAX_LINE_CHARS]
-            if not line.strip() or (idx > 0 and _TRACEBACK_FRAME.match(lines[idx - 1])):
-                continue
+        for idx, line in _readable(lines, start, len(lines), HINT_HEAD_LINES, HINT_TAIL_LINES):
             for sig, groups in self.hints_of(line):
-                if sig.id not in found:
-                    found[sig.id] = Hit(sig, idx, line.strip()[:400], groups)
+                found.setdefault(sig.id, Hit(sig, idx, line.strip()[:400], groups))
             if len(found) == len(self.hints):
                 break
         return sorted(found.values(), key=lambda h: h.lineno)
@@ -181,21 +171,31 @@ class Table:
     def scan(self, lines: Sequence[str], start: int = 0, end: int | None = None) -> list[Hit]:
         """Hits in `lines[start:end]`, reading at most the first and last few thousand lines."""
         end = len(lines) if end is None else min(end, len(lines))
-        indexes: Iterable[int]
-        if end - start > HEAD_LINES + TAIL_LINES:
-            indexes = [*range(start, start + HEAD_LINES), *range(end - TAIL_LINES, end)]
-        else:
-            indexes = range(start, end)
         hits: list[Hit] = []
-        for idx in indexes:
-            line = lines[idx][:MAX_LINE_CHARS]
-            if idx > 0 and _TRACEBACK_FRAME.match(lines[idx - 1]):
-                continue  # a Python traceback's source line is code, not what happened
+        for idx, line in _readable(lines, start, end, HEAD_LINES, TAIL_LINES):
             found = self.match_line(line)
             if found is not None:
                 sig, groups = found
                 hits.append(Hit(signature=sig, lineno=idx, line=line.strip()[:400], groups=groups))
         return hits
+
+
+def _readable(
+    lines: Sequence[str], start: int, end: int, head: int, tail: int
+) -> Iterator[tuple[int, str]]:
+    """(index, line capped) of `lines[start:end]`: only the first `head` and last `tail` of a long
+    run, never a Python traceback's source line (code, not what happened), never a blank one."""
+    indexes: Iterable[int]
+    if end - start > head + tail:
+        indexes = [*range(start, start + head), *range(end - tail, end)]
+    else:
+        indexes = range(start, end)
+    for idx in indexes:
+        if idx > 0 and _TRACEBACK_FRAME.match(lines[idx - 1]):
+            continue
+        line = lines[idx][:MAX_LINE_CHARS]
+        if line.strip():
+            yield idx, line
 
 
 def groups_of(m: re.Match[str]) -> dict[str, str]:

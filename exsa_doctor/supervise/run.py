@@ -60,8 +60,6 @@ from exsa_doctor.target import Target, resolve_target
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-_LOG_TAIL_LINES = 30
-_LOG_TAIL_BYTES = 8192
 _PORT_RELEASE_S = 3.0
 _SCAN_BUDGET_S = 2.0
 
@@ -760,15 +758,11 @@ class Runner:
         with contextlib.suppress(OSError):
             if self.state.log_fh is not None:
                 self.state.log_fh.flush()
-        try:
-            with open(path, "rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                size = fh.tell()
-                fh.seek(max(0, size - _LOG_TAIL_BYTES))
-                data = fh.read(_LOG_TAIL_BYTES)
-        except OSError:
+        from exsa_doctor.supervise.postmortem import log_tail
+
+        lines = log_tail(path)
+        if not lines:
             return
-        lines = data.decode("utf-8", errors="replace").splitlines()[-_LOG_TAIL_LINES:]
         where = "" if self.state.temp_dir is not None else f" ({path})"
         self.say(f"last {len(lines)} lines of the engine log{where}:")
         with contextlib.suppress(OSError, ValueError):

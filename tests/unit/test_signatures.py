@@ -302,6 +302,9 @@ def test_a_pasted_fragment_no_row_knows_still_raises_its_hints(tmp_path: Path) -
 def test_quiet_hints_are_for_offline_fragments_only(tmp_path: Path) -> None:
     # live, the other probes speak for the machine; a quiet log's words are not evidence there
     assert not {i for i in _live_ids(tmp_path, QUIET_FRAGMENT) if i.startswith("logs.hint_")}
+    # ... while the same live reading does raise hints beside an unplaced error line
+    live = _live_ids(tmp_path, "RuntimeError: CUDA kernel frobnication failed on device 0\n")
+    assert {"logs.unrecognised_error", "logs.hint_gpu"} <= live
 
 
 def test_no_quiet_hints_once_a_row_matched_a_line(tmp_path: Path) -> None:
