@@ -69,9 +69,9 @@ def _version_callback(value: bool) -> None:
 
 def _list_probes_callback(value: bool) -> None:
     if value:
-        from exsa_doctor.probes import ALL_PROBES
+        from exsa_doctor.probes import all_probes
 
-        for cls in ALL_PROBES:
+        for cls in all_probes():
             sys.stdout.write(f"{cls.name:<12} {cls.title}  (timeout {cls.timeout_s:g} s)\n")
         raise typer.Exit(0)
 

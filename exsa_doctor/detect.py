@@ -11,6 +11,8 @@ Runs before the probes, because every probe reads the profile. Evidence, stronge
 The health body is not used: it would cost a request before the probes run, and the process or
 the log already tells. Everything here is bounded (one pass over the process table, one socket
 scan, the last 256 KiB of each log) and `target.profile_reason` says which evidence decided.
+The process and socket readers (psutil) are imported where they are used: an offline diagnosis
+reads only the log (`log_profile`) and does not pay for them.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from exsa_doctor.oslayer.procs import find_engines
-from exsa_doctor.oslayer.sockets import listeners_of
 from exsa_doctor.oslayer.types import EngineProcess, ListenerScan
 from exsa_doctor.profiles import Profile, all_builtin, load_builtin
 from exsa_doctor.target import Sighting, Target
@@ -142,6 +142,8 @@ def refine_target(target: Target, *, auto_profile: bool) -> Target:
     that engine was started with, unless the user gave them."""
     if not auto_profile and target.model is not None:
         return target
+    from exsa_doctor.oslayer.procs import find_engines
+
     profiles = [target.profile, *[p for p in all_builtin() if p.name != target.profile.name]]
     walked = time.monotonic()
     deadline = walked + min(_DETECT_BUDGET_S, target.timeout_s / 4)
@@ -186,6 +188,8 @@ def refine_target(target: Target, *, auto_profile: bool) -> Target:
 
 
 def _port_scan(port: int, deadline: float) -> ListenerScan | None:
+    from exsa_doctor.oslayer.sockets import listeners_of
+
     try:
         return listeners_of(port, deadline=deadline)
     except (OSError, ValueError):

@@ -35,6 +35,35 @@ def test_probe_names_are_unique() -> None:
     assert len(names) == len(set(names))
 
 
+def test_the_registry_names_each_probe_by_its_own_name() -> None:
+    from exsa_doctor.probes import REGISTRY, probe_class, probe_names
+
+    assert [cls.name for cls in ALL_PROBES] == [name for name, _m, _c in REGISTRY]
+    assert probe_names() == tuple(cls.name for cls in ALL_PROBES)
+    assert all(probe_class(name).name == name for name in probe_names())
+    with pytest.raises(KeyError):
+        probe_class("no-such-probe")
+
+
+def test_an_offline_diagnosis_imports_only_the_logs_probe() -> None:
+    # the offline budget (#13) leaves no room for psutil, httpx or the other probes' modules
+    import subprocess
+    import sys
+
+    log = Path(__file__).resolve().parents[2] / "fixtures" / "realworld" / "llamacpp"
+    script = (
+        "import sys\n"
+        "from exsa_doctor.api_offline import offline_diagnosis\n"
+        f"d = offline_diagnosis([__import__('pathlib').Path({str(log / 'llamacpp-010.log')!r})])\n"
+        "assert d.causes, d\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('exsa_doctor.probes.'))\n"
+        "print(' '.join(loaded), 'psutil' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["exsa_doctor.probes.base", "exsa_doctor.probes.logs", "False"]
+
+
 def test_every_finding_the_cause_table_names_is_emitted_by_some_probe() -> None:
     emitted = all_emitted()
     for cause in load_causes():

@@ -19,6 +19,7 @@ from exsa_doctor.causes import (
     finding_catalogue,
     load_causes,
     parse_causes,
+    shipped_table,
 )
 from exsa_doctor.profiles import ProfileError, all_builtin, load_file
 
@@ -155,6 +156,17 @@ CATALOGUE = frozenset({"health.refused", "health.ok", "port.owned_by_other"})
 def test_the_shipped_cause_table_loads_against_the_probes_catalogue() -> None:
     assert len(load_causes()) >= 11
     assert "port.owned_by_other" in finding_catalogue()
+
+
+def test_the_shipped_causes_name_only_catalogued_findings() -> None:
+    # load_causes() leaves this check to the tests: evidence, `when` and placeholders alike
+    catalogue = finding_catalogue()
+    checked = parse_causes(shipped_table(), source="causes.toml", findings=catalogue)
+    assert [c.id for c in checked] == [c.id for c in load_causes()]
+    raw = shipped_table()
+    raw["cause"][0]["remediation"][0]["when"] = "logs.no_such_finding"
+    with pytest.raises(CauseTableError, match=r"unknown finding id 'logs\.no_such_finding'"):
+        parse_causes(raw, source="causes.toml", findings=catalogue)
 
 
 def test_a_good_cause_and_a_seed_prior_are_accepted() -> None:
