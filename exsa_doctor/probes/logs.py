@@ -74,6 +74,7 @@ SIGNATURE_FINDINGS = (
     "logs.panic",
     "logs.load_failed",
     "logs.load_timeout",
+    "logs.overloaded",
     "logs.unrecognised_error",
     "logs.client_refused",
     "logs.client_unauthorized",
