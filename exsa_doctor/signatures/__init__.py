@@ -16,10 +16,16 @@ engine failed without saying why. A fatal-looking line that no row knows is quot
 `logs.unrecognised_error`, never mapped to a confident wrong cause. Specific errors before the run
 listened are survivable warnings (demoted to context).
 
-Every regex is checked at load time to run in linear time: an unbounded repeat may only stand at
-the end of the pattern (elsewhere repeats are bounded, `{0,300}`), so one 1 MB line costs a
-bounded amount of work per position. Lines are tried only when they contain one of the
+Every regex is checked (in the tests, strict) to run in linear time: an unbounded repeat may only
+stand at the end of the pattern (elsewhere repeats are bounded, `{0,300}`), so one 1 MB line costs
+a bounded amount of work per position. Lines are tried only when they contain one of the
 `prefilter` substrings (a plain `in` test), so an ordinary log costs a few milliseconds.
+
+A row's regex is compiled the first time a line could match it: each row has a `gate`, the
+longest literal text every match must contain (read off the regex by `literal_gate`), and a line
+without it is not tried. Compiling three hundred regexes costs more than reading a pasted log
+(#13's 0.3 s budget), and a log touches few of them. The strict check proves each gate with
+Python's own regex parser (`check_gate`).
 """
 
 from __future__ import annotations
@@ -85,13 +91,32 @@ class Signature:
 
     id: str
     family: str
-    pattern: re.Pattern[str]
+    regex: str
     finding: str
     stage: str
     kind: str
     summary: str
     example: str
     data: Mapping[str, Any] = field(default_factory=dict)
+    gate: str = ""  # casefolded text every match contains ("" = try every line)
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        """The compiled regex (compiled on first use, shared by rows with the same regex)."""
+        return compiled(self.regex)
+
+    def may_match(self, folded: str) -> bool:
+        """Whether a line (casefolded) holds the row's gate text."""
+        return not self.gate or self.gate in folded
+
+
+@cache
+def compiled(regex: str) -> re.Pattern[str]:
+    """A row's regex, compiled once per process."""
+    try:
+        return re.compile(regex, re.MULTILINE)
+    except re.error as exc:
+        raise SignatureError(f"bad regex {regex!r}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -137,10 +162,12 @@ class Table:
 
     def match_line(self, line: str) -> tuple[Signature, dict[str, str]] | None:
         """The first row (by kind, then file order) that matches this line."""
-        low = line.lower()
-        if not any(k in low for k in self.prefilter):
+        folded = line.casefold()
+        if not any(k in folded for k in self.prefilter):
             return None
         for sig in self.signatures:
+            if not sig.may_match(folded):
+                continue
             m = sig.pattern.search(line)
             if m is not None:
                 return sig, groups_of(m)
@@ -304,6 +331,124 @@ def check_linear(pattern: str) -> str | None:
     return problems[0] if problems else None
 
 
+_QUANTIFIER = re.compile(r"\{\d*,?\d*\}")
+
+
+def literal_gate(regex: str, minimum: int = 3) -> str:
+    """The longest literal text every match of `regex` contains, casefolded ("" if none is sure).
+
+    A cheap reading of the regex text (no parser: that is what costs at load time). It reads only
+    the top level: a group, a class, an escape such as `\\s`, `.`, an anchor, or a repeat ends a
+    run of literal characters (a repeated character is dropped from its run); a top-level `|`
+    means no text is certain. `check_gate` proves the answer with Python's parser in the tests.
+    """
+    runs: list[str] = []
+    run: list[str] = []
+
+    def cut() -> None:
+        if run:
+            runs.append("".join(run))
+            run.clear()
+
+    i, n = 0, len(regex)
+    while i < n:
+        c = regex[i]
+        if c == "\\":
+            nxt = regex[i + 1 : i + 2]
+            if not nxt:
+                return ""
+            i += 2
+            if nxt.isalnum():  # a class, an anchor, a control or numeric escape
+                cut()
+                if nxt in "xuUN0123456789":  # and the digits or name that follow it
+                    while i < n and (regex[i].isalnum() or regex[i] in "{}"):
+                        i += 1
+            else:
+                run.append(nxt)
+        elif c in "([":
+            cut()
+            i = _skip_group(regex, i) if c == "(" else _skip_class(regex, i)
+            if i < 0:
+                return ""
+        elif c == "|":
+            return ""
+        elif c in "?*+" or (c == "{" and _QUANTIFIER.match(regex, i)):
+            if run:
+                run.pop()
+            cut()
+            end = _QUANTIFIER.match(regex, i)
+            i = end.end() if c == "{" and end is not None else i + 1
+        elif c in ".^${":
+            cut()
+            i += 1
+        else:
+            run.append(c)
+            i += 1
+    cut()
+    best = max(runs, key=len, default="")
+    return best.casefold() if len(best) >= minimum else ""
+
+
+def _skip_class(regex: str, i: int) -> int:
+    """The index after the character class that starts at `regex[i] == "["`, or -1."""
+    j = i + 1
+    if regex[j : j + 1] == "^":
+        j += 1
+    if regex[j : j + 1] == "]":
+        j += 1
+    while j < len(regex):
+        if regex[j] == "\\":
+            j += 2
+        elif regex[j] == "]":
+            return j + 1
+        else:
+            j += 1
+    return -1
+
+
+def _skip_group(regex: str, i: int) -> int:
+    """The index after the group that starts at `regex[i] == "("`, or -1."""
+    depth, j = 0, i
+    while j < len(regex):
+        c = regex[j]
+        if c == "\\":
+            j += 2
+            continue
+        if c == "[":
+            j = _skip_class(regex, j)
+            if j < 0:
+                return -1
+            continue
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                return j + 1
+        j += 1
+    return -1
+
+
+def check_gate(regex: str, gate: str) -> bool:
+    """Whether `gate` is text every match of `regex` holds (proved on Python's own parse).
+
+    The top level of the parsed regex is a sequence; each unbroken stretch of literal characters
+    in it is in every match, in that order. The gate must lie within one such stretch.
+    """
+    if not gate:
+        return True
+    runs: list[str] = []
+    run: list[str] = []
+    for op, av in sre_parse.parse(regex).data:
+        if op == sre_constants.LITERAL and isinstance(av, int):
+            run.append(chr(av))
+        else:
+            runs.append("".join(run))
+            run = []
+    runs.append("".join(run))
+    return any(gate in r.casefold() for r in runs)
+
+
 def parse_table(
     raw: Mapping[str, Any],
     family: str,
@@ -334,15 +479,15 @@ def parse_table(
             raise SignatureError(f"{where}: finding must be a logs.* id")
         if known_findings is not None and row["finding"] not in known_findings:
             raise SignatureError(f"{where}: unknown finding id {row['finding']}")
-        slow = check_linear(row["regex"]) if strict else None
-        if slow:
-            raise SignatureError(f"{where}: regex rejected: {slow}")
-        try:
-            pattern = re.compile(row["regex"], re.MULTILINE)
-        except re.error as exc:  # pragma: no cover - check_linear parses first
-            raise SignatureError(f"{where}: bad regex: {exc}") from exc
-        if pattern.search(row["example"]) is None:
-            raise SignatureError(f"{where}: the example does not match the regex")
+        gate = "" if row["kind"] == "hint" else literal_gate(row["regex"])
+        if strict:
+            slow = check_linear(row["regex"])
+            if slow:
+                raise SignatureError(f"{where}: regex rejected: {slow}")
+            if compiled(row["regex"]).search(row["example"]) is None:
+                raise SignatureError(f"{where}: the example does not match the regex")
+            if not check_gate(row["regex"], gate):
+                raise SignatureError(f"{where}: gate {gate!r} is not text every match holds")
         data = row.get("data", {})
         if not isinstance(data, dict):
             raise SignatureError(f"{where}: data must be a table")
@@ -350,13 +495,14 @@ def parse_table(
             Signature(
                 id=row["id"],
                 family=family,
-                pattern=pattern,
+                regex=row["regex"],
                 finding=row["finding"],
                 stage=row["stage"],
                 kind=row["kind"],
                 summary=row["summary"],
                 example=row["example"],
                 data=dict(data),
+                gate=gate,
             )
         )
     return out
@@ -380,7 +526,7 @@ def build_table(tables: Mapping[str, Mapping[str, Any]], *, strict: bool = True)
     rows.sort(key=lambda s: order[s.kind])  # stable: file order within a kind
     table = Table(signatures=tuple(rows), prefilter=tuple(dict.fromkeys(prefilter)), hints=hints)
     for sig in rows:
-        if not any(k in sig.example.lower() for k in table.prefilter):
+        if strict and not any(k in sig.example.casefold() for k in table.prefilter):
             raise SignatureError(
                 f"{sig.family}.toml, signature {sig.id}: its example holds no prefilter word"
             )

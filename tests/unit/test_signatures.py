@@ -18,7 +18,9 @@ from exsa_doctor.signatures import (
     Hit,
     SignatureError,
     build_table,
+    check_gate,
     check_linear,
+    literal_gate,
     load_table,
     read_chain,
     read_tables,
@@ -314,3 +316,60 @@ def test_no_quiet_hints_once_a_row_matched_a_line(tmp_path: Path) -> None:
     report = parse_log(text.encode(), load_builtin("llama-server"))
     assert report.hits and not report.quiet_hints
     assert not {i for i in _offline(tmp_path, text) if i.startswith("logs.hint_")}
+
+
+@pytest.mark.parametrize(
+    ("regex", "gate"),
+    [
+        (r"unknown model architecture: '(?P<arch>[^']{1,100})'", "unknown model architecture: '"),
+        (r"(?i)CUDA error: out of memory", "cuda error: out of memory"),
+        (r"error: (?:a|b) failed to open", " failed to open"),
+        (r"abc\x41defgh", "abc"),  # a numeric escape and what follows it end the run
+        (r"xyz{2}abcd", "abcd"),  # a repeated character leaves its run
+        (r"errors? happened", " happened"),
+        (r"ab[c)]defg(h|i)jkl", "defg"),  # a class and a group end runs; their | is inner
+        (r"no such file|not found", ""),  # a top-level alternative: no text is certain
+        (r"\bab\b", ""),  # shorter than three characters: no gate
+        (r"done_reason\"\s{0,3}:", 'done_reason"'),
+    ],
+)
+def test_a_gate_is_the_longest_text_every_match_holds(regex: str, gate: str) -> None:
+    assert literal_gate(regex) == gate
+    assert check_gate(regex, gate)
+
+
+def test_the_gate_proof_rejects_text_a_match_may_lack() -> None:
+    assert not check_gate(r"errors? happened", "errors")
+    assert not check_gate(r"a(?:bc|de)f", "bc")
+    with pytest.raises(SignatureError, match="gate"):
+        import exsa_doctor.signatures as sigmod
+
+        real = sigmod.literal_gate
+        try:
+            sigmod.literal_gate = lambda regex, minimum=3: "not in it"  # type: ignore[assignment]
+            build_table(read_tables(), strict=True)
+        finally:
+            sigmod.literal_gate = real
+
+
+def test_gated_matching_places_every_corpus_line_as_trying_every_row_would() -> None:
+    # the gates only skip rows that could not match: same first row on every real log line
+    corpus = REPO / "fixtures" / "realworld"
+    lines = [
+        line[:8192]
+        for log in sorted(corpus.glob("*/*.log"))
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
+    ]
+    assert len(lines) > 2000
+    placed = 0
+    for line in lines:
+        gated = TABLE.match_line(line)
+        folded = line.casefold()
+        brute = next(
+            ((sig.id, m) for sig in ROWS if (m := sig.pattern.search(line)) is not None), None
+        )
+        if not any(k in folded for k in TABLE.prefilter):
+            brute = None
+        assert (gated[0].id if gated else None) == (brute[0] if brute else None), line
+        placed += gated is not None
+    assert placed > 500
