@@ -83,6 +83,8 @@ SIGNATURE_FINDINGS = (
     "logs.client_refused_remote",
     "logs.client_unresolved",
     "logs.client_not_found",
+    "logs.client_bad_url",
+    "logs.client_container_localhost",
     "logs.client_model_not_found",
     "logs.limit_not_raised",
     "logs.zero_tokens",
