@@ -21,11 +21,11 @@ stand at the end of the pattern (elsewhere repeats are bounded, `{0,300}`), so o
 a bounded amount of work per position. Lines are tried only when they contain one of the
 `prefilter` substrings (a plain `in` test), so an ordinary log costs a few milliseconds.
 
-A row's regex is compiled the first time a line could match it: each row has a `gate`, the
-longest literal text every match must contain (read off the regex by `literal_gate`), and a line
-without it is not tried. Compiling three hundred regexes costs more than reading a pasted log
-(#13's 0.3 s budget), and a log touches few of them. The strict check proves each gate with
-Python's own regex parser (`check_gate`).
+A row's regex is compiled the first time a line could match it: each row has `gates`, texts of
+which every match must contain one (read off the regex by `literal_gates`: its longest literal
+text, or one per alternative), and a line with none of them is not tried. Compiling three hundred
+regexes costs more than reading a pasted log (#13's 0.3 s budget), and a log touches few of them.
+The strict check proves each row's gates with Python's own regex parser (`check_gates`).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class Signature:
     summary: str
     example: str
     data: Mapping[str, Any] = field(default_factory=dict)
-    gate: str = ""  # casefolded text every match contains ("" = try every line)
+    gates: tuple[str, ...] = ()  # casefolded texts, one of which every match holds (() = none)
 
     @property
     def pattern(self) -> re.Pattern[str]:
@@ -106,8 +106,8 @@ class Signature:
         return compiled(self.regex)
 
     def may_match(self, folded: str) -> bool:
-        """Whether a line (casefolded) holds the row's gate text."""
-        return not self.gate or self.gate in folded
+        """Whether a line (casefolded) holds one of the row's gate texts."""
+        return not self.gates or any(g in folded for g in self.gates)
 
 
 @cache
@@ -340,7 +340,7 @@ def literal_gate(regex: str, minimum: int = 3) -> str:
     A cheap reading of the regex text (no parser: that is what costs at load time). It reads only
     the top level: a group, a class, an escape such as `\\s`, `.`, an anchor, or a repeat ends a
     run of literal characters (a repeated character is dropped from its run); a top-level `|`
-    means no text is certain. `check_gate` proves the answer with Python's parser in the tests.
+    means no text is certain (`literal_gates` reads the alternatives).
     """
     runs: list[str] = []
     run: list[str] = []
@@ -429,24 +429,116 @@ def _skip_group(regex: str, i: int) -> int:
     return -1
 
 
-def check_gate(regex: str, gate: str) -> bool:
-    """Whether `gate` is text every match of `regex` holds (proved on Python's own parse).
+MAX_GATES = 12
 
-    The top level of the parsed regex is a sequence; each unbroken stretch of literal characters
-    in it is in every match, in that order. The gate must lie within one such stretch.
+
+def literal_gates(regex: str) -> tuple[str, ...]:
+    """Texts, casefolded, one of which every match of `regex` holds (() if none is sure).
+
+    The longest literal text of the top level (`literal_gate`); where there is none, one text per
+    alternative, of a top-level `a|b` or of the first group every match passes through.
+    `check_gates` proves the answer with Python's parser in the tests.
     """
-    if not gate:
+    branches = _split_alternatives(regex)
+    if branches is None:
+        return ()
+    if len(branches) > 1:
+        found: list[str] = []
+        for branch in branches:
+            sub = literal_gates(branch)
+            if not sub:
+                return ()
+            found.extend(sub)
+        unique = tuple(dict.fromkeys(found))
+        return unique if len(unique) <= MAX_GATES else ()
+    best = literal_gate(regex)
+    if best:
+        return (best,)
+    for body in _required_groups(regex):
+        sub = literal_gates(body)
+        if sub:
+            return sub
+    return ()
+
+
+def _split_alternatives(regex: str) -> list[str] | None:
+    """`regex` split at its top-level `|` (None when its brackets do not close)."""
+    parts: list[str] = []
+    start, i, n = 0, 0, len(regex)
+    while i < n:
+        c = regex[i]
+        if c == "\\":
+            i += 2
+        elif c in "([":
+            i = _skip_group(regex, i) if c == "(" else _skip_class(regex, i)
+            if i < 0:
+                return None
+        elif c == "|":
+            parts.append(regex[start:i])
+            start = i = i + 1
+        else:
+            i += 1
+    parts.append(regex[start:])
+    return parts
+
+
+_GROUP_OPENING = re.compile(r"\((?:\?:|\?P<[A-Za-z_]\w*>|\?[aiLmsux]+:|(?!\?))")
+
+
+def _required_groups(regex: str) -> Iterator[str]:
+    """The bodies of the top-level groups every match passes through (not `(...)?`, `(...)*`,
+    `(...){0,n}`, lookarounds or flag groups), in order."""
+    i, n = 0, len(regex)
+    while i < n:
+        c = regex[i]
+        if c == "\\":
+            i += 2
+        elif c == "[":
+            i = _skip_class(regex, i)
+            if i < 0:
+                return
+        elif c == "(":
+            end = _skip_group(regex, i)
+            if end < 0:
+                return
+            opening = _GROUP_OPENING.match(regex, i)
+            after = regex[end : end + 2]
+            optional = after[:1] in ("?", "*") or after in ("{0", "{,")
+            if opening is not None and not optional:
+                yield regex[opening.end() : end - 1]
+            i = end
+        else:
+            i += 1
+
+
+def check_gates(regex: str, gates: tuple[str, ...]) -> bool:
+    """Whether every match of `regex` holds one of `gates` (proved on Python's own parse)."""
+    if not gates:
         return True
-    runs: list[str] = []
-    run: list[str] = []
-    for op, av in sre_parse.parse(regex).data:
+    return _proves(sre_parse.parse(regex).data, gates)
+
+
+def _proves(items: Sequence[Any], gates: tuple[str, ...], prefix: str = "") -> bool:
+    # a stretch of literal characters is in every match; so is what a group, a repeat of at
+    # least one, or every alternative of a branch holds, each read on from the stretch before it
+    # (the parser moves an alternation's shared prefix out in front of it)
+    run: list[str] = list(prefix)
+    for op, av in [*items, (None, None)]:
         if op == sre_constants.LITERAL and isinstance(av, int):
             run.append(chr(av))
-        else:
-            runs.append("".join(run))
-            run = []
-    runs.append("".join(run))
-    return any(gate in r.casefold() for r in runs)
+            continue
+        text = "".join(run)
+        if any(g in text.casefold() for g in gates):
+            return True
+        if op == sre_constants.SUBPATTERN and _proves(av[-1].data, gates, text):
+            return True
+        repeat = op in (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT)
+        if repeat and av[0] >= 1 and _proves(av[2].data, gates, text):
+            return True
+        if op == sre_constants.BRANCH and all(_proves(b.data, gates, text) for b in av[1]):
+            return True
+        run = []
+    return False
 
 
 def parse_table(
@@ -479,15 +571,15 @@ def parse_table(
             raise SignatureError(f"{where}: finding must be a logs.* id")
         if known_findings is not None and row["finding"] not in known_findings:
             raise SignatureError(f"{where}: unknown finding id {row['finding']}")
-        gate = "" if row["kind"] == "hint" else literal_gate(row["regex"])
+        gates = () if row["kind"] == "hint" else literal_gates(row["regex"])
         if strict:
             slow = check_linear(row["regex"])
             if slow:
                 raise SignatureError(f"{where}: regex rejected: {slow}")
             if compiled(row["regex"]).search(row["example"]) is None:
                 raise SignatureError(f"{where}: the example does not match the regex")
-            if not check_gate(row["regex"], gate):
-                raise SignatureError(f"{where}: gate {gate!r} is not text every match holds")
+            if not check_gates(row["regex"], gates):
+                raise SignatureError(f"{where}: gates {gates!r} are not text every match holds")
         data = row.get("data", {})
         if not isinstance(data, dict):
             raise SignatureError(f"{where}: data must be a table")
@@ -502,7 +594,7 @@ def parse_table(
                 summary=row["summary"],
                 example=row["example"],
                 data=dict(data),
-                gate=gate,
+                gates=gates,
             )
         )
     return out

@@ -18,9 +18,10 @@ from exsa_doctor.signatures import (
     Hit,
     SignatureError,
     build_table,
-    check_gate,
+    check_gates,
     check_linear,
     literal_gate,
+    literal_gates,
     load_table,
     read_chain,
     read_tables,
@@ -335,21 +336,51 @@ def test_no_quiet_hints_once_a_row_matched_a_line(tmp_path: Path) -> None:
 )
 def test_a_gate_is_the_longest_text_every_match_holds(regex: str, gate: str) -> None:
     assert literal_gate(regex) == gate
-    assert check_gate(regex, gate)
+    assert check_gates(regex, (gate,) if gate else ())
 
 
 def test_the_gate_proof_rejects_text_a_match_may_lack() -> None:
-    assert not check_gate(r"errors? happened", "errors")
-    assert not check_gate(r"a(?:bc|de)f", "bc")
+    assert not check_gates(r"errors? happened", ("errors",))
+    assert not check_gates(r"a(?:bc|de)f", ("bc",))
     with pytest.raises(SignatureError, match="gate"):
         import exsa_doctor.signatures as sigmod
 
-        real = sigmod.literal_gate
+        real = sigmod.literal_gates
         try:
-            sigmod.literal_gate = lambda regex, minimum=3: "not in it"  # type: ignore[assignment]
+            sigmod.literal_gates = lambda regex: ("not in it",)
             build_table(read_tables(), strict=True)
         finally:
-            sigmod.literal_gate = real
+            sigmod.literal_gates = real
+
+
+@pytest.mark.parametrize(
+    ("regex", "gates"),
+    [
+        (r"(?i)(?:connection refused|ECONNREFUSED)", ("connection refused", "econnrefused")),
+        (r"^(?P<x>foo|barbaz) ", ("foo", "barbaz")),  # the first group every match passes
+        (r"(?:foo|bar)+ z", ("foo", "bar")),  # a repeat of at least one
+        (r"(?:no such file|not found) here", (" here",)),  # a longest text comes first
+        (r"(?:error)?xy", ()),  # an optional group proves nothing
+        (r"(?:ab|cdef)", ()),  # one alternative without a text of three: nothing is sure
+        (r"a(?=bcd)", ()),  # a lookahead is not read
+        (r"couldn't bind (?:to|HTTP) server", ("couldn't bind ",)),
+    ],
+)
+def test_gates_one_per_alternative_where_no_text_is_shared(
+    regex: str, gates: tuple[str, ...]
+) -> None:
+    assert literal_gates(regex) == gates
+    assert check_gates(regex, gates)
+
+
+def test_the_alternatives_proof_reads_a_prefix_the_parser_moved_out() -> None:
+    # Python's parser turns "ab(?:cd|ce)" style alternations into a shared prefix and a branch
+    regex = r"(?:couldn't bind HTTP server socket|couldn't bind to server socket)"
+    gates = literal_gates(regex)
+    assert gates == ("couldn't bind http server socket", "couldn't bind to server socket")
+    assert check_gates(regex, gates)
+    assert not check_gates(regex, ("couldn't bind http server socket",))
+    assert not check_gates(r"abc(?:def|deg)", ("cdef",))
 
 
 def test_gated_matching_places_every_corpus_line_as_trying_every_row_would() -> None:
