@@ -446,19 +446,12 @@ def check_health(
                 reason=f"HTTP {status} but the body did not finish in time",
                 headers=headers,
             )
-        answer = classify_health(target.profile.health, status, bytes(body))
-        return HealthObservation(
-            url,
-            started_wall,
-            "answered",
-            latency,
-            answer=answer,
-            status_code=status,
-            reason=answer.reason,
-            body_error=f"connection closed mid-body ({failure.reason})",
-            headers=headers,
-        )
-    raw = _decode_body(bytes(body), headers.get("content-encoding", ""), max_bytes)
+        # the status line came and the body broke off: classify what did arrive, as it came
+        body_error = f"connection closed mid-body ({failure.reason})"
+        raw = bytes(body)
+    else:
+        body_error = ""
+        raw = _decode_body(bytes(body), headers.get("content-encoding", ""), max_bytes)
     answer = classify_health(target.profile.health, status, raw[:max_bytes])
     return HealthObservation(
         url,
@@ -469,6 +462,7 @@ def check_health(
         status_code=status,
         reason=answer.reason,
         truncated=truncated,
+        body_error=body_error,
         headers=headers,
     )
 

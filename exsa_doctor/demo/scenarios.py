@@ -466,6 +466,20 @@ def _start_failing(sc: Scenario, needle: str, mode: str = "ok") -> None:
     sc.failed_at = time.time()
 
 
+def _start_answering(
+    sc: Scenario, mode: str, health: str, expected: tuple[int, int | None]
+) -> None:
+    """Start the engine, wait for its health route to say `health`, then have a client's
+    generation get `expected` (status, tokens; tokens None = any); that moment is the failure."""
+    engine = start_engine(sc, mode=mode)
+    sc.extra["engine_pid"] = engine.pid
+    _wait_healthy(sc, status=health)
+    status, tokens = client_generate(sc.host, sc.port)
+    if (status, tokens if expected[1] is not None else None) != expected:
+        raise ScenarioError(f"expected a generation of {expected}, got {status}, {tokens}")
+    sc.failed_at = time.time()
+
+
 def _wait_healthy(
     sc: Scenario, timeout: float = 20.0, port: int | None = None, status: str = "healthy"
 ) -> None:
@@ -660,13 +674,7 @@ def build_zero_tokens(notify: Notify | None = None) -> Scenario:
     sc = _new("zero-tokens", "The engine is healthy but generates zero tokens")
     with cleanup_on_error(sc):
         _say(notify, f"starting an engine whose streams carry no tokens, port {sc.port}")
-        engine = start_engine(sc, mode="zero-tokens")
-        sc.extra["engine_pid"] = engine.pid
-        _wait_healthy(sc)
-        status, tokens = client_generate(sc.host, sc.port)
-        if (status, tokens) != (200, 0):
-            raise ScenarioError(f"expected a 200 stream without tokens, got {status}, {tokens}")
-        sc.failed_at = time.time()
+        _start_answering(sc, "zero-tokens", "healthy", (200, 0))  # a stream without tokens
         _say(notify, "a client's generation request got a stream with zero tokens")
     return sc
 
@@ -713,13 +721,7 @@ def build_overloaded(notify: Notify | None = None) -> Scenario:
     sc = _new("overloaded", "The engine is up but its queue is full")
     with cleanup_on_error(sc):
         _say(notify, f"starting an engine at capacity on port {sc.port}")
-        engine = start_engine(sc, mode="overloaded")
-        sc.extra["engine_pid"] = engine.pid
-        _wait_healthy(sc, status="overloaded")
-        status, _tokens = client_generate(sc.host, sc.port)
-        if status != 503:
-            raise ScenarioError(f"expected 503 at capacity, got {status}")
-        sc.failed_at = time.time()
+        _start_answering(sc, "overloaded", "overloaded", (503, None))  # 503 at capacity
         _say(notify, "a client's generation request got 503 Server is at capacity")
     return sc
 

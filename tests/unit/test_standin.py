@@ -13,7 +13,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from exsa_doctor.demo.scenarios import _engine_argv
 from exsa_doctor.demo.standin.engine import (
     LoadError,
     StandinError,
@@ -83,15 +83,7 @@ def engine(tmp_path: Path) -> Iterator[Start]:
         out = open(log or tmp_path / "engine.log", "ab")  # noqa: SIM115
         files.append(out)
         popen = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "exsa_doctor.demo.standin",
-                "--mode",
-                mode,
-                "--load-seconds",
-                str(load_s),
-            ],
+            _engine_argv(mode, load_s),  # the scenarios' own command line for the stand-in
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
