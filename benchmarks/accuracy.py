@@ -228,7 +228,7 @@ def main() -> int:
             biases, weights, _loss = fit(
                 examples + scenario_examples(), float(model.meta.get("sigma_hint", 1.0))
             )
-            held = FittedModel(biases=biases, weights=weights)
+            held = FittedModel(biases=biases, weights=weights, temperature=model.temperature)
             outs = evaluate([e for e in corpus if e.engine == engine], held, cache)
             s = summary([o for o in outs if o.view == "offline"])
             loo[engine] = s

@@ -49,12 +49,17 @@ class Entry:
     cause: str
     detail: str
 
+    retired: bool = False  # a final test set already measured and reported, now training data
+
     @property
     def split(self) -> str:
-        # the `fresh` family was gathered after the signatures and weights were frozen: a final
-        # test set, never used to fit or to write signatures
-        # (and `fresh2`, gathered the same way a round later, by someone who wrote no rows)
-        return self.family if self.family.startswith(FRESH) else split_of(self.thread)
+        # a `fresh*` family was gathered after the round's signatures and weights were frozen: a
+        # final test set, never used to fit or to write signatures, measured once. Once its
+        # figure is reported, the next round may retire it (`retired = "..."` in its
+        # index.toml): it then trains. The held-out part stays the hash's, round after round.
+        if self.family.startswith(FRESH):
+            return "train" if self.retired else self.family
+        return split_of(self.thread)
 
 
 def split_of(thread: str) -> str:
@@ -66,6 +71,7 @@ def split_of(thread: str) -> str:
 def entries(root: Path = CORPUS) -> Iterator[Entry]:
     for index in sorted(root.glob("*/index.toml")):
         raw = tomllib.loads(index.read_text(encoding="utf-8"))
+        retired = bool(raw.get("retired"))
         for row in raw.get("log", []):
             yield Entry(
                 id=row["id"],
@@ -76,6 +82,7 @@ def entries(root: Path = CORPUS) -> Iterator[Entry]:
                 thread=row.get("thread", row.get("source", row["id"])),
                 cause=row["cause"],
                 detail=row.get("detail", ""),
+                retired=retired,
             )
 
 

@@ -1,5 +1,6 @@
 """The real-failure corpus is well formed: every entry's file exists, no thread is in two parts,
-every label is a cause of the table (or "other"), and the fresh test sets never reach the fit."""
+every label is a cause of the table (or "other"), and a fresh test set is a split of its own
+until a later round retires it into training (tests/unit/test_weights_fit.py checks the fit)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ def test_labels_are_causes_of_the_table_and_engines_are_known() -> None:
 def test_the_fresh_sets_are_their_own_split_and_the_rest_split_by_thread() -> None:
     for e in entries(CORPUS):
         if e.family.startswith("fresh"):
-            assert e.split == e.family
+            # a final test set is its own split until a later round retires it into training
+            assert e.split == ("train" if e.retired else e.family)
         else:
             assert e.split == split_of(e.thread) in ("train", "heldout")
