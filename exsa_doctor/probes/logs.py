@@ -75,6 +75,8 @@ SIGNATURE_FINDINGS = (
     "logs.load_failed",
     "logs.load_timeout",
     "logs.overloaded",
+    "logs.request_during_load",
+    "logs.waiting_for_lock",
     "logs.unrecognised_error",
     "logs.client_refused",
     "logs.client_unauthorized",
