@@ -389,6 +389,11 @@ def literal_gate(regex: str, minimum: int = 3) -> str:
     return best.casefold() if len(best) >= minimum else ""
 
 
+_CLASS_STOP = re.compile(r"[\\\]]")  # what ends a character class, or escapes its end
+_GROUP_STOP = re.compile(r"[\\\[()]")  # what opens or closes a group, a class or an escape
+_BRANCH_STOP = re.compile(r"[\\\[(|]")  # a top-level "|", or what to skip to find one
+
+
 def _skip_class(regex: str, i: int) -> int:
     """The index after the character class that starts at `regex[i] == "["`, or -1."""
     j = i + 1
@@ -396,21 +401,19 @@ def _skip_class(regex: str, i: int) -> int:
         j += 1
     if regex[j : j + 1] == "]":
         j += 1
-    while j < len(regex):
-        if regex[j] == "\\":
-            j += 2
-        elif regex[j] == "]":
-            return j + 1
-        else:
-            j += 1
+    while (m := _CLASS_STOP.search(regex, j)) is not None:
+        if m.group() == "]":
+            return m.end()
+        j = m.end() + 1  # an escape: skip the escaped character
     return -1
 
 
 def _skip_group(regex: str, i: int) -> int:
     """The index after the group that starts at `regex[i] == "("`, or -1."""
     depth, j = 0, i
-    while j < len(regex):
-        c = regex[j]
+    # jump from one bracket or escape to the next: the characters between cannot matter
+    while (m := _GROUP_STOP.search(regex, j)) is not None:
+        c, j = m.group(), m.start()
         if c == "\\":
             j += 2
             continue
@@ -421,7 +424,7 @@ def _skip_group(regex: str, i: int) -> int:
             continue
         if c == "(":
             depth += 1
-        elif c == ")":
+        else:
             depth -= 1
             if depth == 0:
                 return j + 1
@@ -464,20 +467,18 @@ def literal_gates(regex: str) -> tuple[str, ...]:
 def _split_alternatives(regex: str) -> list[str] | None:
     """`regex` split at its top-level `|` (None when its brackets do not close)."""
     parts: list[str] = []
-    start, i, n = 0, 0, len(regex)
-    while i < n:
-        c = regex[i]
+    start = i = 0
+    while (m := _BRANCH_STOP.search(regex, i)) is not None:
+        c, i = m.group(), m.start()
         if c == "\\":
             i += 2
         elif c in "([":
             i = _skip_group(regex, i) if c == "(" else _skip_class(regex, i)
             if i < 0:
                 return None
-        elif c == "|":
+        else:  # a top-level "|"
             parts.append(regex[start:i])
             start = i = i + 1
-        else:
-            i += 1
     parts.append(regex[start:])
     return parts
 
