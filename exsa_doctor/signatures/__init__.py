@@ -30,6 +30,8 @@ The strict check proves each row's gates with Python's own regex parser (`check_
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -41,13 +43,9 @@ from typing import Any
 if sys.version_info >= (3, 11):
     import re._constants as sre_constants
     import re._parser as sre_parse
-
-    import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import sre_constants
     import sre_parse
-
-    import tomli as tomllib
 
 FAMILIES = ("exsa", "llamacpp", "ollama", "python", "os", "client", "generic", "hints")
 KINDS = ("specific", "generic", "context", "client", "unknown", "hint")
@@ -548,9 +546,11 @@ def parse_table(
     known_findings: frozenset[str] | None = None,
     *,
     strict: bool = True,
+    gates_of: Mapping[str, Sequence[str]] | None = None,
 ) -> list[Signature]:
     """One family's rows, checked: unknown keys, missing fields, bad regexes, examples; with
-    `strict`, also that every regex runs in linear time (a test runs it strict on every row)."""
+    `strict`, also that every regex runs in linear time (a test runs it strict on every row).
+    `gates_of`: each row's gates already derived (the shipped cache), by row id."""
     rows = raw.get("signature", [])
     extra = set(raw) - {"signature", "prefilter"}
     if extra:
@@ -572,7 +572,12 @@ def parse_table(
             raise SignatureError(f"{where}: finding must be a logs.* id")
         if known_findings is not None and row["finding"] not in known_findings:
             raise SignatureError(f"{where}: unknown finding id {row['finding']}")
-        gates = () if row["kind"] == "hint" else literal_gates(row["regex"])
+        if row["kind"] == "hint":
+            gates: tuple[str, ...] = ()
+        elif gates_of is not None and row["id"] in gates_of:
+            gates = tuple(gates_of[row["id"]])
+        else:
+            gates = literal_gates(row["regex"])
         if strict:
             slow = check_linear(row["regex"])
             if slow:
@@ -601,13 +606,18 @@ def parse_table(
     return out
 
 
-def build_table(tables: Mapping[str, Mapping[str, Any]], *, strict: bool = True) -> Table:
+def build_table(
+    tables: Mapping[str, Mapping[str, Any]],
+    *,
+    strict: bool = True,
+    gates_of: Mapping[str, Sequence[str]] | None = None,
+) -> Table:
     """Rows of all families in priority order: specific, then context/client, generic, unknown."""
     rows: list[Signature] = []
     prefilter: list[str] = []
     seen: set[str] = set()
     for family, raw in tables.items():
-        for sig in parse_table(raw, family, strict=strict):
+        for sig in parse_table(raw, family, strict=strict, gates_of=gates_of):
             if sig.id in seen:
                 raise SignatureError(f"{family}.toml: signature {sig.id} appears twice")
             seen.add(sig.id)
@@ -626,20 +636,83 @@ def build_table(tables: Mapping[str, Mapping[str, Any]], *, strict: bool = True)
     return table
 
 
-def read_tables() -> dict[str, Mapping[str, Any]]:
-    """The shipped tables as parsed TOML, by family."""
+CACHE_NAME = "table.json"
+
+
+def table_texts() -> dict[str, bytes]:
+    """The shipped family files' bytes, by family."""
     base = resources.files("exsa_doctor").joinpath("signatures")
+    return {family: base.joinpath(f"{family}.toml").read_bytes() for family in FAMILIES}
+
+
+def tables_digest(texts: Mapping[str, bytes]) -> str:
+    """A digest of the family files' bytes: what the shipped cache must have been made from."""
+    h = hashlib.sha256()
+    for family in FAMILIES:
+        h.update(family.encode() + b"\0" + texts[family] + b"\0")
+    return h.hexdigest()
+
+
+def read_tables(texts: Mapping[str, bytes] | None = None) -> dict[str, Mapping[str, Any]]:
+    """The shipped tables as parsed TOML, by family."""
+    if sys.version_info >= (3, 11):  # imported here: a run that finds the cache never parses TOML
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib
+
+    texts = table_texts() if texts is None else texts
     tables: dict[str, Mapping[str, Any]] = {}
     for family in FAMILIES:
-        text = base.joinpath(f"{family}.toml").read_text(encoding="utf-8")
         try:
-            tables[family] = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
+            tables[family] = tomllib.loads(texts[family].decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise SignatureError(f"{family}.toml: {exc}") from exc
     return tables
 
 
+def cache_document(texts: Mapping[str, bytes] | None = None) -> dict[str, Any]:
+    """What `table.json` holds: the TOML files parsed and every row's gates, with the digest of
+    the files they were read from (scripts/build_signature_cache.py writes it)."""
+    texts = table_texts() if texts is None else texts
+    tables = read_tables(texts)
+    table = build_table(tables, strict=False)
+    return {
+        "digest": tables_digest(texts),
+        "tables": tables,
+        "gates": {s.id: list(s.gates) for s in table.signatures},
+    }
+
+
+def cache_for(raw: bytes, texts: Mapping[str, bytes]) -> dict[str, Any] | None:
+    """The cache document in `raw` if it was made from exactly these files, else None."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("digest") != tables_digest(texts):
+        return None
+    return doc
+
+
+def _cached(texts: Mapping[str, bytes]) -> dict[str, Any] | None:
+    """The shipped cache, if it was made from exactly these files (else None: read the TOML)."""
+    try:
+        raw = resources.files("exsa_doctor").joinpath("signatures").joinpath(CACHE_NAME)
+        return cache_for(raw.read_bytes(), texts)
+    except OSError:
+        return None
+
+
 @cache
 def load_table() -> Table:
-    """The shipped signature tables, checked (the linear-time proof runs in the tests)."""
-    return build_table(read_tables(), strict=False)
+    """The shipped signature tables, checked (the linear-time proof runs in the tests).
+
+    The TOML files are the knowledge; `table.json` beside them is the same tables already parsed,
+    with each row's gates, used only while the files' digest matches it (parsing 337 rows of TOML
+    and reading their gates is about a seventh of an offline diagnosis). An edited row without a
+    rebuilt cache is read from the TOML, and a test says the cache is stale."""
+    texts = table_texts()
+    doc = _cached(texts)
+    if doc is not None:
+        return build_table(doc["tables"], strict=False, gates_of=doc["gates"])
+    return build_table(read_tables(texts), strict=False)
