@@ -175,7 +175,7 @@ def main() -> int:
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-loo", action="store_true", help="skip leave-one-engine-out")
-    # every fresh* folder is a split of its own (benchmarks/corpus.py)
+    # every fresh* folder not yet retired is a split of its own (benchmarks/corpus.py)
     splits = sorted({"heldout", "train"} | {e.split for e in entries()})
     ap.add_argument("--split", default="heldout", choices=splits)
     args = ap.parse_args()
