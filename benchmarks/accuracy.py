@@ -219,7 +219,9 @@ def main() -> int:
             "logs measured)"
         )
         loo: dict[str, object] = {}
-        counts = Counter(e.engine for e in corpus if not e.split.startswith(FRESH))
+        # a final test set not yet retired is measured only by --split, once
+        measured = [e for e in corpus if not e.split.startswith(FRESH)]
+        counts = Counter(e.engine for e in measured)
         for engine, n in sorted(counts.items()):
             if n < 5:
                 continue
@@ -232,9 +234,7 @@ def main() -> int:
                 examples + scenario_examples(), float(model.meta.get("sigma_hint", 1.0))
             )
             held = FittedModel(biases=biases, weights=weights, temperature=model.temperature)
-            # a final test set not yet retired is measured only by --split, once
-            mine = [e for e in corpus if e.engine == engine and not e.split.startswith(FRESH)]
-            outs = evaluate(mine, held, cache)
+            outs = evaluate([e for e in measured if e.engine == engine], held, cache)
             s = summary([o for o in outs if o.view == "offline"])
             loo[engine] = s
             print(f"  {engine:22s} " + ", ".join(f"{k} {v}" for k, v in s.items()))

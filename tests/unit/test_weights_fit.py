@@ -17,8 +17,6 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-pytest.importorskip("numpy")
-
 from benchmarks.corpus import entries  # noqa: E402
 from scripts.fit_weights import (  # noqa: E402
     OUTPUT,
