@@ -50,7 +50,9 @@ from exsa_doctor.fitted import NONE_CLASS  # noqa: E402
 
 SCENARIOS = REPO / "fixtures" / "training" / "scenarios.jsonl"
 OUTPUT = REPO / "exsa_doctor" / "weights.toml"
-UNPLACED = frozenset({"logs.unrecognised_error", "logs.load_failed", "logs.not_started"})
+UNPLACED = frozenset(
+    {"logs.unrecognised_error", "logs.load_failed", "logs.context_failed", "logs.not_started"}
+)
 SIGMA_WEIGHT = 1.0  # prior's standard deviation around a hand weight (log units)
 # hints (signatures/hints.toml) carry no hand knowledge of their strength: the width of their
 # prior is chosen by cross-validation (choose_hint_sigma) from this grid

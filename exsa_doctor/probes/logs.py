@@ -73,6 +73,7 @@ SIGNATURE_FINDINGS = (
     "logs.mmap_failed",
     "logs.panic",
     "logs.load_failed",
+    "logs.context_failed",
     "logs.load_timeout",
     "logs.overloaded",
     "logs.request_during_load",

@@ -601,3 +601,63 @@ def test_offline_a_bind_failure_with_a_reason_is_not_second_guessed(tmp_path: Pa
     found = {f.id: f for f in offline_findings(log)}
     assert found["logs.bind_failed"].data["errno"] == 98  # the later line says why
     assert "logs.bind_specific_host" not in found
+
+
+# ------------------------------------------------------------ a context that could not be created
+
+CONTEXT_FAILURE = """\
+build: 6400 (b1a2c3d4) with cc (GCC) 13.2.0 for x86_64-linux-gnu
+llama_model_loader: loaded meta data with 30 key-value pairs and 291 tensors from /m/big.gguf
+load_tensors: loading model tensors, this can take a while... (mmap = true)
+load_tensors:   CPU_Mapped model buffer size =  4685.30 MiB
+llama_context: constructing llama_context
+common_init_from_params: failed to create context with model '/m/big.gguf'
+srv    load_model: failed to load model, '/m/big.gguf'
+main: exiting due to model loading error
+"""
+
+
+def test_offline_a_context_failure_without_a_reason_is_read_at_its_stage(tmp_path: Path) -> None:
+    from exsa_doctor.api_offline import offline_diagnosis
+
+    log = write(tmp_path / "pasted.log", CONTEXT_FAILURE)
+    diagnosis = offline_diagnosis([log])
+    found = {f.id: f for f in diagnosis.findings}
+    # the first consequence line names the stage: after the weights, at the context
+    assert found["logs.context_failed"].data["path"] == "/m/big.gguf"
+    assert "logs.load_failed" not in found
+    assert "logs.reason_logged" not in found
+    # the weights were read: the model file is not what it points at
+    assert diagnosis.causes[0].id in ("out-of-memory", "unrecognised-error"), [
+        (c.id, c.probability) for c in diagnosis.causes
+    ]
+    (oom,) = [c for c in diagnosis.causes if c.id == "out-of-memory"]
+    fix = " ".join(step.text for step in oom.remediation)
+    assert "could not create the model's context" in fix and "context size" in fix, fix
+    assert "failed to create context with model '/m/big.gguf'" in fix, fix
+
+
+def test_offline_ollamas_wrapped_context_failure_keeps_its_stage(tmp_path: Path) -> None:
+    from exsa_doctor.api_offline import offline_findings
+
+    log = write(
+        tmp_path / "pasted.log",
+        "Error: llama runner process has terminated: error:failed to create context with model "
+        "'/root/.ollama/models/blobs/sha256-c4e0'\n",
+    )
+    found = {f.id: f for f in offline_findings(log)}
+    assert "logs.context_failed" in found
+    assert "logs.load_failed" not in found  # not read as Ollama's bare runner exit
+
+
+def test_offline_a_context_failure_with_its_reason_is_explained_by_it(tmp_path: Path) -> None:
+    from exsa_doctor.api_offline import offline_findings
+
+    text = CONTEXT_FAILURE.replace(
+        "llama_context: constructing llama_context\n",
+        "llama_context: constructing llama_context\n"
+        "llama_kv_cache_unified: failed to allocate buffer for kv cache\n",
+    )
+    found = {f.id: f for f in offline_findings(write(tmp_path / "pasted.log", text))}
+    assert found["logs.oom"].data["stage"] == "kv-cache"
+    assert "logs.context_failed" not in found  # a consequence the root explains
