@@ -13,8 +13,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from exsa_doctor.model import Diagnosis, Finding
+
+if TYPE_CHECKING:
+    from exsa_doctor.target import Target
 
 
 def offline_diagnosis(
@@ -35,19 +39,23 @@ def offline_diagnosis(
     from exsa_doctor.profiles import all_builtin
     from exsa_doctor.target import resolve_target
 
-    target = resolve_target(
-        logs=tuple(logs),
-        failed_at=failed_at,
-        timeout_s=timeout_s,
-        profile=profile,
-        profile_file=profile_file,
-        environ={},
-    )
-    target = replace(target, offline=True, inline_logs=dict(inline_logs or {}))
+    def resolve(chosen: str) -> Target:
+        resolved = resolve_target(
+            logs=tuple(logs),
+            failed_at=failed_at,
+            timeout_s=timeout_s,
+            profile=chosen,
+            profile_file=profile_file,
+            environ={},
+        )
+        return replace(resolved, offline=True, inline_logs=dict(inline_logs or {}))
+
+    target = resolve(profile)
     if profile_file is None and profile in ("", "auto"):
         found = log_profile(target, list(all_builtin()))
         if found is not None:
-            target = replace(target, profile=found[0], profile_reason=found[1])
+            # the engine the log names, at its own default address: the fix's commands use it
+            target = replace(resolve(found[0].name), profile_reason=found[1])
     return api.diagnose(target, probes=["logs"])
 
 

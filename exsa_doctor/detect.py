@@ -39,6 +39,7 @@ _DISTINCT_MARKERS = (
     "binding",
     "listening",
     "bind_failed",
+    "loading_reply",  # what the engine answers a request while its model loads
 )
 
 

@@ -258,6 +258,39 @@ def test_diagnose_during_the_loading_phase(held_load: HeldLoad) -> None:
     assert "generation.ok" not in ids(diagnosis)
 
 
+def test_a_pasted_503_from_the_loading_phase_reads_as_the_race(
+    held_load: HeldLoad, tmp_path: Path
+) -> None:
+    # The client's side of the seed's race, from the real engine: a request sent while the model
+    # loads gets llama-server's own 503 reply. Pasted on its own (support's view: no engine, no
+    # server log), it names the race, quotes the reply, and the fix is to wait for readiness.
+    server = held_load.server
+    reply = httpx.post(
+        server.url + "/completion", json={"prompt": "Hello", "n_predict": 4}, timeout=10
+    )
+    assert reply.status_code == 503, reply.text
+    pasted = tmp_path / "client.txt"
+    pasted.write_text(
+        f"$ curl -sS -X POST {server.url}/completion -d '{{\"prompt\": \"Hello\"}}'\n"
+        + reply.text
+        + "\n",
+        encoding="utf-8",
+    )
+    from exsa_doctor.api_offline import offline_diagnosis
+
+    diagnosis = offline_diagnosis([pasted])
+    assert diagnosis.causes[0].id == "race-condition", explain(diagnosis)
+    (during,) = findings(diagnosis, "logs.request_during_load")
+    assert during.data["line"] == reply.text.strip()
+    # the reply names its engine: the fix polls llama-server's health route and starts it
+    assert diagnosis.target.profile == "llama-server", diagnosis.target.profile_reason
+    steps = diagnosis.causes[0].remediation
+    commands = [c for step in steps for c in step.commands]
+    assert any("/health" in c and "/v1/health" not in c for c in commands), commands
+    assert any("-- llama-server -m " in c for c in commands), commands
+    assert "ready" in " ".join(step.text for step in steps)
+
+
 def _exsa_doctor(*args: str) -> subprocess.Popen[str]:
     """The real CLI in a child process; plain-line progress on stderr (no TTY, no colour)."""
     return subprocess.Popen(

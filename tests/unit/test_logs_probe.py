@@ -661,3 +661,28 @@ def test_offline_a_context_failure_with_its_reason_is_explained_by_it(tmp_path: 
     found = {f.id: f for f in offline_findings(write(tmp_path / "pasted.log", text))}
     assert found["logs.oom"].data["stage"] == "kv-cache"
     assert "logs.context_failed" not in found  # a consequence the root explains
+
+
+def test_offline_a_pasted_reply_names_its_engine_and_its_address(tmp_path: Path) -> None:
+    # llama-server's reply while it loads is its own wording: the engine is llama-server, and
+    # with no --url its default address is the one the fix's commands use (not exsa-engine's)
+    from exsa_doctor.api_offline import offline_diagnosis
+
+    log = write(
+        tmp_path / "pasted.log",
+        '{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}\n',
+    )
+    diagnosis = offline_diagnosis([log])
+    assert diagnosis.target.profile == "llama-server"
+    assert "loading_reply" in diagnosis.target.profile_reason
+    assert diagnosis.target.port == 8080 and diagnosis.target.url == "http://127.0.0.1:8080"
+    assert diagnosis.causes[0].id == "race-condition"
+
+
+def test_offline_an_undetected_paste_keeps_the_default_engine(tmp_path: Path) -> None:
+    from exsa_doctor.api_offline import offline_diagnosis
+
+    log = write(tmp_path / "pasted.log", "curl: (7) Failed to connect to 127.0.0.1 port 3000\n")
+    diagnosis = offline_diagnosis([log])
+    assert diagnosis.target.profile == "exsa-engine"
+    assert diagnosis.target.port == 3000
