@@ -10,6 +10,9 @@ way support would (offline: the log alone; and as on a machine where nothing run
   how often it stands in for a cause the table has is reported as the abstention rate;
 - calibration: the top cause's probability against how often it is right, in bins (a reliability
   diagram, written as a PNG with --plot), and the expected calibration error;
+- what the logs tell: top-1 apart for logs where a row placed a specific reason and for logs
+  with none (generic lines, a client's side, nothing), and the ceiling any model reading only
+  these findings could reach on them (an optimistic bound: new rows are what lifts it);
 - leave-one-engine-out: for each engine, weights fitted WITHOUT its training logs, measured on
   all of its logs.
 
@@ -160,6 +163,39 @@ def plot(outcomes_by_label: dict[str, Sequence[Outcome]], path: Path) -> None:
     fig.savefig(path)
 
 
+def what_the_logs_tell(
+    outcomes: Sequence[Outcome], cache: dict[str, list[str]]
+) -> dict[str, float | int]:
+    """How far the findings themselves can carry top-1, for logs whose cause is in the table.
+
+    - `with_reason`: logs where a row placed a specific line (a reason: `logs.reason_logged`),
+      and the share of them ranked right; `without_reason` the same for the rest (only generic
+      lines, a client's side, hints, or nothing);
+    - `ceiling`: the share that ANY model reading only these findings could rank right: each set
+      of findings answered with the label most of its logs carry, counted on the logs measured
+      themselves. An optimistic bound: no model fitted elsewhere can do better on these logs
+      without new findings (new rows).
+    """
+    inside = [o for o in outcomes if o.in_table]
+    groups: dict[frozenset[str], Counter[str]] = defaultdict(Counter)
+    for o in outcomes:
+        groups[frozenset(cache[o.entry.id])][o.entry.cause] += 1
+    reason = [o for o in inside if "logs.reason_logged" in cache[o.entry.id]]
+    bare = [o for o in inside if "logs.reason_logged" not in cache[o.entry.id]]
+    best = sum(
+        1
+        for o in inside
+        if groups[frozenset(cache[o.entry.id])].most_common(1)[0][0] == o.entry.cause
+    )
+    return {
+        "with_reason": len(reason),
+        "top1_with_reason": _rate(o.right for o in reason),
+        "without_reason": len(bare),
+        "top1_without_reason": _rate(o.right for o in bare),
+        "ceiling": round(best / len(inside), 3) if inside else 0.0,
+    }
+
+
 def print_table(title: str, rows: dict[str, list[Outcome]]) -> None:
     print(f"\n{title}")
     for key in sorted(rows):
@@ -204,6 +240,9 @@ def main() -> int:
     for o in offline:
         by_cause[o.entry.cause].append(o)
         by_engine[o.entry.engine].append(o)
+    told = what_the_logs_tell(offline, cache)
+    result["what_the_logs_tell"] = told
+    print("\n[what the logs tell] " + ", ".join(f"{k} {v}" for k, v in told.items()))
     print_table("per cause (offline view)", by_cause)
     print_table("per engine (offline view)", by_engine)
     wrong = [o for o in offline if not o.right]
