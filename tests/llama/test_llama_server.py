@@ -271,7 +271,7 @@ def test_a_pasted_503_from_the_loading_phase_reads_as_the_race(
     assert reply.status_code == 503, reply.text
     pasted = tmp_path / "client.txt"
     pasted.write_text(
-        f"$ curl -sS -X POST {server.url}/completion -d '{{\"prompt\": \"Hello\"}}'\n"
+        f'$ curl -sS -X POST {server.url}/completion -d \'{{"prompt": "Hello"}}\'\n'
         + reply.text
         + "\n",
         encoding="utf-8",
