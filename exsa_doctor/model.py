@@ -154,6 +154,7 @@ class RankedCause:
     impact: str
     evidence: tuple[Evidence, ...]
     remediation: tuple[Remediation, ...]
+    confirm: str = ""  # the table's check that tells this cause from the others, filled in
 
     @property
     def evidence_for(self) -> tuple[Evidence, ...]:

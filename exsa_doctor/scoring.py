@@ -156,6 +156,7 @@ def score(
                     impact=cause.impact,
                     evidence=tuple(evidence),
                     remediation=remediation_for(cause.remediation, by_id, tvars),
+                    confirm=fill(cause.confirm, by_id, tvars) or "",
                 ),
             )
         )

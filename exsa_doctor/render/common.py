@@ -102,6 +102,36 @@ def prominent_causes(diagnosis: Diagnosis) -> tuple[RankedCause, ...]:
     return (lead,) if lead is not None else ()
 
 
+# an inconclusive diagnosis names at most this many candidates to tell apart, each at least this
+# likely (the same floor as the "other causes" a report lists)
+MAX_CANDIDATES = 3
+MIN_CANDIDATE_PROBABILITY = 0.05
+
+
+def tell_apart(diagnosis: Diagnosis) -> tuple[list[tuple[RankedCause, str]], str | None]:
+    """For an inconclusive diagnosis: the likeliest candidates with the check that confirms each
+    (the cause table's `confirm`), and for a log read on its own the run that probes the machine.
+
+    A log that does not say why leaves several causes open; what settles it is a look at the
+    machine, so that is what the report ends with. Nothing for a healthy or conclusive verdict.
+    """
+    if diagnosis.verdict.value != "inconclusive":
+        return [], None
+    candidates = [
+        (c, c.confirm)
+        for c in diagnosis.causes
+        if c.probability >= MIN_CANDIDATE_PROBABILITY and c.confirm
+    ][:MAX_CANDIDATES]
+    if len(candidates) < 2:
+        return [], None
+    t = diagnosis.target
+    rerun = None
+    if t.offline:
+        logs = " ".join(f"--log {shlex.quote(p)}" for p in t.logs if p != "-")
+        rerun = f"exsa-doctor diagnose --url {t.url} {logs}".rstrip()
+    return candidates, rerun
+
+
 def healthy_hints(diagnosis: Diagnosis) -> list[tuple[str, str]]:
     """After a failure the doctor did not see: how to catch it next time, as (what, command).
 

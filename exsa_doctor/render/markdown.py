@@ -22,6 +22,7 @@ from exsa_doctor.render.common import (
     prominent_causes,
     seconds,
     shorten,
+    tell_apart,
     timeline_view,
     weight,
 )
@@ -136,6 +137,17 @@ def render(diagnosis: Diagnosis) -> str:
         lines.append("")
     for c in shown:
         lines += _cause_detail(c)
+    candidates, rerun = tell_apart(d)
+    if candidates:
+        lines += ["**To tell them apart**", ""]
+        for c, check in candidates:
+            lines.append(f"- {code(c.id)} ({percent(c.probability)}): {code(check, 1000)}")
+        if rerun:
+            lines.append(
+                "- the log does not say which; where the engine runs, a diagnosis that probes the "
+                f"port, the processes and the health endpoint can: {code(rerun, 1000)}"
+            )
+        lines.append("")
 
     view = timeline_view(d.timeline, d.failed_at)
     if view.events:

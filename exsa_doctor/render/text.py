@@ -43,6 +43,7 @@ from exsa_doctor.render.common import (
     prominent_causes,
     seconds,
     shorten,
+    tell_apart,
     timeline_view,
     weight,
 )
@@ -244,6 +245,27 @@ def _causes(console: Console, d: Diagnosis) -> None:
         )
 
 
+def _tell_apart(console: Console, d: Diagnosis) -> None:
+    candidates, rerun = tell_apart(d)
+    if not candidates:
+        return
+    console.print()
+    console.print(Text("To tell them apart", style="bold underline"))
+    for c, check in candidates:
+        _indented(console, Text(f"{_s(c.id)} ({percent(c.probability)})"), 2)
+        console.print(Text("      " + _s(check), style="cyan"), soft_wrap=True)
+    if rerun:
+        _indented(
+            console,
+            Text(
+                "The log does not say which. Where the engine runs, a diagnosis that probes the "
+                "port, the processes and the health endpoint can:"
+            ),
+            2,
+        )
+        console.print(Text("      " + _s(rerun), style="cyan"), soft_wrap=True)
+
+
 def _timeline(console: Console, d: Diagnosis) -> None:
     view = timeline_view(d.timeline, d.failed_at)
     if not view.events:
@@ -317,6 +339,7 @@ def render(diagnosis: Diagnosis, *, color: bool | None = None, width: int | None
     console = _console(color, width)
     _header(console, diagnosis)
     _causes(console, diagnosis)
+    _tell_apart(console, diagnosis)
     _timeline(console, diagnosis)
     _probes(console, diagnosis)
     return _text(console)

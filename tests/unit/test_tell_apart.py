@@ -1,0 +1,84 @@
+"""An inconclusive diagnosis ends with how to tell its candidates apart: each one's check from the
+cause table, and for a log read on its own, the run that probes the machine."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+from exsa_doctor.api_offline import offline_diagnosis
+from exsa_doctor.causes import load_causes
+from exsa_doctor.model import Verdict
+from exsa_doctor.render import render_as
+from exsa_doctor.render.common import MAX_CANDIDATES, tell_apart
+
+REFUSED = (
+    "requests.exceptions.ConnectionError: HTTPConnectionPool(host='localhost', port=8080): "
+    "Max retries exceeded with url: /v1/chat/completions (Caused by NewConnectionError("
+    "'<urllib3.connection.HTTPConnection object at 0x7f>: Failed to establish a new connection: "
+    "[Errno 111] Connection refused'))\n"
+)
+LOADING_503 = '{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}\n'
+
+
+def _paste(tmp_path: Path, text: str, name: str = "pasted log.txt") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_bare_refused_paste_lists_its_candidates_with_their_checks(tmp_path: Path) -> None:
+    log = _paste(tmp_path, REFUSED)
+    d = offline_diagnosis([log])
+    assert d.verdict is Verdict.INCONCLUSIVE
+    candidates, rerun = tell_apart(d)
+    ids = [c.id for c, _ in candidates]
+    # a client's "connection refused" alone: a wrong address and a stopped engine both print it
+    assert {"wrong-address", "engine-not-running"} <= set(ids), ids
+    assert 2 <= len(candidates) <= MAX_CANDIDATES
+    assert [c.probability for c, _ in candidates] == sorted(
+        (c.probability for c, _ in candidates), reverse=True
+    )
+    table = {c.id: c for c in load_causes()}
+    for cause, check in candidates:
+        assert check and "{" not in check, check  # filled in, no placeholder left
+        assert check.split()[0] == table[cause.id].confirm.split()[0]
+    # the log, quoted for a shell (its name has a space), in the run that probes the machine
+    assert rerun == f"exsa-doctor diagnose --url {d.target.url} --log {shlex.quote(str(log))}"
+
+
+def test_the_reports_end_with_the_checks(tmp_path: Path) -> None:
+    d = offline_diagnosis([_paste(tmp_path, REFUSED)])
+    candidates, rerun = tell_apart(d)
+    assert rerun is not None
+    text = render_as(d, "text")
+    flat = " ".join(text.split())
+    assert "To tell them apart" in text
+    for cause, check in candidates:
+        assert f"{cause.id} (" in text and " ".join(check.split()) in flat
+    assert " ".join(rerun.split()) in flat
+    md = render_as(d, "markdown")
+    assert "**To tell them apart**" in md and f"`{rerun}`" in md
+    # the JSON report's keys are a contract (a strict schema): the checks stay out of it
+    report = json.loads(render_as(d, "json"))
+    assert all("confirm" not in c for c in report["causes"])
+
+
+def test_a_conclusive_diagnosis_has_nothing_to_tell_apart(tmp_path: Path) -> None:
+    d = offline_diagnosis([_paste(tmp_path, LOADING_503)])
+    assert d.verdict is Verdict.UNHEALTHY and d.causes[0].id == "race-condition"
+    assert tell_apart(d) == ([], None)
+    assert "To tell them apart" not in render_as(d, "text")
+    assert "To tell them apart" not in render_as(d, "markdown")
+
+
+def test_a_check_that_cannot_be_filled_in_is_left_out(tmp_path: Path) -> None:
+    # hung-during-load's check names the running engine's PID: offline there is none, so the
+    # cause carries no check rather than a half-filled command
+    d = offline_diagnosis([_paste(tmp_path, REFUSED)])
+    (hung,) = [c for c in d.causes if c.id == "hung-during-load"]
+    assert "{processes.running:pid}" in next(
+        c.confirm for c in load_causes() if c.id == "hung-during-load"
+    )
+    assert hung.confirm == ""
