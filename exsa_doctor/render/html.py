@@ -33,6 +33,7 @@ from exsa_doctor.render.common import (
     prominent_causes,
     seconds,
     shorten,
+    tell_apart,
     timeline_view,
     weight,
 )
@@ -260,6 +261,30 @@ def _other_causes(d: Diagnosis) -> str:
         )
     title = "Other causes" if shown else "Causes (none is likely)"
     return f'<section id="other-causes"><h2>{title}</h2>{"".join(parts)}</section>'
+
+
+def _tell_apart(d: Diagnosis) -> str:
+    """An inconclusive diagnosis: each candidate's check, and the run that probes the machine."""
+    candidates, rerun = tell_apart(d)
+    if not candidates:
+        return ""
+    items = [
+        f'<li data-cause-id="{esc(c.id)}"><div><code>{esc(c.id)}</code> '
+        f"({percent(c.probability)})</div>"
+        f'<pre class="command"><code>{esc(check, None)}</code></pre></li>'
+        for c, check in candidates
+    ]
+    if rerun:
+        items.append(
+            "<li><div>The log does not say which. Where the engine runs, a diagnosis that probes "
+            "the port, the processes and the health endpoint can:</div>"
+            f'<pre class="command"><code>{esc(rerun, None)}</code></pre></li>'
+        )
+    return (
+        '<section id="tell-apart"><h2>To tell them apart</h2><ul class="fix">'
+        + "".join(items)
+        + "</ul></section>"
+    )
 
 
 # ---------------------------------------------------------------- the timeline chart
@@ -651,6 +676,7 @@ def render(diagnosis: Diagnosis) -> str:
         f"<title>{esc(title, 200)}</title><style>{CSS}</style></head><body><main>"
         + _verdict(d)
         + _causes(d)
+        + _tell_apart(d)
         + _timeline(d)
         + _other_causes(d)
         + _probes(d)

@@ -60,6 +60,10 @@ def test_the_reports_end_with_the_checks(tmp_path: Path) -> None:
     assert " ".join(rerun.split()) in flat
     md = render_as(d, "markdown")
     assert "**To tell them apart**" in md and f"`{rerun}`" in md
+    page = render_as(d, "html")
+    assert '<section id="tell-apart">' in page
+    for cause, _check in candidates:
+        assert f'<li data-cause-id="{cause.id}">' in page
     # the JSON report's keys are a contract (a strict schema): the checks stay out of it
     report = json.loads(render_as(d, "json"))
     assert all("confirm" not in c for c in report["causes"])
@@ -71,6 +75,7 @@ def test_a_conclusive_diagnosis_has_nothing_to_tell_apart(tmp_path: Path) -> Non
     assert tell_apart(d) == ([], None)
     assert "To tell them apart" not in render_as(d, "text")
     assert "To tell them apart" not in render_as(d, "markdown")
+    assert 'id="tell-apart"' not in render_as(d, "html")
 
 
 def test_a_check_that_cannot_be_filled_in_is_left_out(tmp_path: Path) -> None:
