@@ -54,6 +54,8 @@ def _run_one(slot: _Slot, ctx: Context) -> None:
 def target_vars(target: Target) -> Mapping[str, str]:
     """Values for `{target:...}` placeholders in remediation commands (computed when asked)."""
     model = str(target.model) if target.model else ""
+    # a log read from standard input has no path a command could name
+    files = [str(p) for p in target.logs if str(p) not in target.inline_logs]
     profile = target.profile
     exe = profile.executables[0] if profile.executables else profile.name
     fixed = {
@@ -63,7 +65,7 @@ def target_vars(target: Target) -> Mapping[str, str]:
         "model": model,
         "model_or_placeholder": model or "/path/to/model.gguf",
         "health_url": target.endpoint(profile.health.path),
-        "log_or_placeholder": str(target.logs[0]) if target.logs else "ENGINE.log",
+        "log_or_placeholder": files[0] if files else "ENGINE.log",
         "version_command": f"{exe} --version",
         "help_command": f"{exe} --help",
         "engine_path_or_placeholder": f"$(command -v {exe})",

@@ -127,8 +127,10 @@ def tell_apart(diagnosis: Diagnosis) -> tuple[list[tuple[RankedCause, str]], str
     t = diagnosis.target
     rerun = None
     if t.offline:
-        logs = " ".join(f"--log {shlex.quote(p)}" for p in t.logs if p != "-")
-        rerun = f"exsa-doctor diagnose --url {t.url} {logs}".rstrip()
+        # a log read from standard input ("<stdin>") has no path: the engine's log is named
+        files = [p for p in t.logs if not (p.startswith("<") and p.endswith(">"))] or ["ENGINE.log"]
+        logs = " ".join(f"--log {shlex.quote(p)}" for p in files)
+        rerun = f"exsa-doctor diagnose --url {t.url} {logs}"
     return candidates, rerun
 
 

@@ -87,3 +87,15 @@ def test_a_check_that_cannot_be_filled_in_is_left_out(tmp_path: Path) -> None:
         c.confirm for c in load_causes() if c.id == "hung-during-load"
     )
     assert hung.confirm == ""
+
+
+def test_a_log_from_standard_input_is_never_named_as_a_path() -> None:
+    # `--log -`: the log has no path, so the commands name the engine's log instead of "<stdin>"
+    d = offline_diagnosis([Path("<stdin>")], inline_logs={"<stdin>": REFUSED.encode("utf-8")})
+    candidates, rerun = tell_apart(d)
+    assert candidates and rerun is not None
+    assert rerun.endswith(" --log ENGINE.log")
+    for _cause, check in candidates:
+        assert "stdin" not in check, check
+    steps = [cmd for c in d.causes for step in c.remediation for cmd in step.commands]
+    assert all("stdin" not in cmd for cmd in steps), steps
