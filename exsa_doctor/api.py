@@ -226,6 +226,19 @@ def diagnose(
     )
 
 
+def retarget(diagnosis: Diagnosis, target: Target) -> Diagnosis:
+    """The same findings and verdict, with the fixes' commands filled in for another target.
+
+    For a log read on its own, where the address the commands should name is learnt from the
+    log (the client's) only after it was read."""
+    from exsa_doctor.causes import load_causes
+    from exsa_doctor.runner import target_vars
+    from exsa_doctor.scoring import score
+
+    ranked = score(load_causes(), diagnosis.findings, target_vars(target))
+    return replace(diagnosis, target=target.info(), causes=ranked)
+
+
 def observed_findings(found: Sequence[Finding], observed: Sequence[Finding]) -> list[Finding]:
     """The observations that add to what the probes `found` (the rule `diagnose` documents)."""
     have = {f.id for f in found}

@@ -386,6 +386,7 @@ def diagnose(
                 failed_at=failed_at,
                 timeout_s=timeout,
                 inline_logs=inline,
+                url=url,
             )
         except UsageError as exc:
             fail_usage(str(exc))

@@ -122,3 +122,17 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_offline_takes_url_for_the_commands_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    log = tmp_path / "client.txt"
+    log.write_text("curl: (7) Failed to connect to localhost port 8080: Connection refused\n")
+    given = run("diagnose", "--offline", "--url", "http://10.1.2.3:7777", "--log", str(log))
+    assert given.returncode == 3, given.stdout + given.stderr  # inconclusive: the log says little
+    assert "--url http://10.1.2.3:7777" in given.stdout
+    assert "--url http://localhost:8080" not in given.stdout
+    # without --url, the address the client was refused on
+    taken = run("diagnose", "--offline", "--log", str(log))
+    assert "--url http://localhost:8080" in taken.stdout, taken.stdout
+    bad = run("diagnose", "--offline", "--url", "http://x:99999", "--log", str(log))
+    assert bad.returncode == 2 and "port" in bad.stderr and "Traceback" not in bad.stderr

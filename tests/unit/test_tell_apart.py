@@ -99,3 +99,40 @@ def test_a_log_from_standard_input_is_never_named_as_a_path() -> None:
         assert "stdin" not in check, check
     steps = [cmd for c in d.causes for step in c.remediation for cmd in step.commands]
     assert all("stdin" not in cmd for cmd in steps), steps
+
+
+# ------------------------------------------------------- the address the client in the log used
+
+
+def test_the_commands_name_the_address_the_client_was_refused_on(tmp_path: Path) -> None:
+    d = offline_diagnosis([_paste(tmp_path, REFUSED)])
+    assert d.target.url == "http://localhost:8080" and d.target.port == 8080
+    _candidates, rerun = tell_apart(d)
+    assert rerun is not None and "--url http://localhost:8080 " in rerun
+    (stopped,) = [c for c in d.causes if c.id == "engine-not-running"]
+    commands = [cmd for step in stopped.remediation for cmd in step.commands]
+    assert any("http://localhost:8080" in cmd for cmd in commands), commands
+
+
+def test_an_address_given_with_url_wins_over_the_log(tmp_path: Path) -> None:
+    d = offline_diagnosis([_paste(tmp_path, REFUSED)], url="http://10.0.0.5:9000")
+    assert d.target.url == "http://10.0.0.5:9000"
+
+
+def test_an_ipv6_client_address_becomes_a_url(tmp_path: Path) -> None:
+    d = offline_diagnosis([_paste(tmp_path, "Error: connect ECONNREFUSED ::1:11434\n")])
+    assert d.target.host in ("::1", "[::1]") and d.target.port == 11434
+    assert d.target.url == "http://[::1]:11434"
+
+
+def test_an_address_no_url_can_hold_leaves_the_default(tmp_path: Path) -> None:
+    d = offline_diagnosis(
+        [
+            _paste(
+                tmp_path,
+                "curl: (7) Failed to connect to localhost port 99999: Connection refused\n",
+            )
+        ]
+    )
+    assert d.target.port == 3000  # exsa-engine's default: the log named no usable address
+    assert [f.id for f in d.findings if f.id == "logs.client_refused"]
