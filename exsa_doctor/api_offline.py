@@ -79,11 +79,11 @@ def offline_diagnosis(
 
 
 # findings whose data hold the address a client used, most telling first
-_ADDRESS_FINDINGS = ("logs.client_refused_remote", "logs.client_refused")
+_ADDRESS_FINDINGS = ("logs.client_refused_remote", "logs.client_refused", "logs.client_timeout")
 
 
 def client_address(findings: Sequence[Finding]) -> str | None:
-    """The URL of the address a client in the log was refused on, or None."""
+    """The URL of the address a client in the log was refused on (or timed out on), or None."""
     for fid in _ADDRESS_FINDINGS:
         for found in findings:
             if found.id != fid:

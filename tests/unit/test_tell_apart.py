@@ -136,3 +136,21 @@ def test_an_address_no_url_can_hold_leaves_the_default(tmp_path: Path) -> None:
     )
     assert d.target.port == 3000  # exsa-engine's default: the log named no usable address
     assert [f.id for f in d.findings if f.id == "logs.client_refused"]
+
+
+def test_a_timeout_or_a_failed_connect_call_also_gives_the_address(tmp_path: Path) -> None:
+    timeout = (
+        "requests.exceptions.ReadTimeout: HTTPConnectionPool(host='127.0.0.1', port=5001): "
+        "Read timed out. (read timeout=60)\n"
+    )
+    d = offline_diagnosis([_paste(tmp_path, timeout, "timeout.txt")])
+    (found,) = [f for f in d.findings if f.id == "logs.client_timeout"]
+    assert "from 127.0.0.1:5001" in found.summary
+    assert d.target.url == "http://127.0.0.1:5001"
+    go = (
+        'Error: Post "http://127.0.0.1:11434/api/generate": context deadline exceeded '
+        "(Client.Timeout exceeded while awaiting headers)\n"
+    )
+    assert offline_diagnosis([_paste(tmp_path, go, "go.txt")]).target.port == 11434
+    connect = "ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 8000)\n"
+    assert offline_diagnosis([_paste(tmp_path, connect, "call.txt")]).target.port == 8000
