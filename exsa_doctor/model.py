@@ -178,6 +178,7 @@ class TargetInfo:
     profile: str
     profile_reason: str = ""
     offline: bool = False  # a log read on its own: the URL is only the profile's default
+    log_files: tuple[str, ...] = ()  # the logs a command can name (not read from standard input)
 
     @property
     def where(self) -> str:

@@ -54,8 +54,7 @@ def _run_one(slot: _Slot, ctx: Context) -> None:
 def target_vars(target: Target) -> Mapping[str, str]:
     """Values for `{target:...}` placeholders in remediation commands (computed when asked)."""
     model = str(target.model) if target.model else ""
-    # a log read from standard input has no path a command could name
-    files = [str(p) for p in target.logs if str(p) not in target.inline_logs]
+    files = target.log_files  # a log read from standard input has no path to name
     profile = target.profile
     exe = profile.executables[0] if profile.executables else profile.name
     fixed = {

@@ -71,6 +71,11 @@ class Target:
     sighting: Sighting | None = field(default=None, compare=False, repr=False)
 
     @property
+    def log_files(self) -> tuple[str, ...]:
+        """The logs a command can name: those read from a file, not inline (`--log -`)."""
+        return tuple(str(p) for p in self.logs if str(p) not in self.inline_logs)
+
+    @property
     def base_url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
@@ -85,6 +90,7 @@ class Target:
             port=self.port,
             model=str(self.model) if self.model else None,
             logs=tuple(str(p) for p in self.logs),
+            log_files=self.log_files,
             pids=self.pids,
             profile=self.profile.name,
             profile_reason=self.profile_reason,

@@ -127,9 +127,8 @@ def tell_apart(diagnosis: Diagnosis) -> tuple[list[tuple[RankedCause, str]], str
     t = diagnosis.target
     rerun = None
     if t.offline:
-        # a log read from standard input ("<stdin>") has no path: the engine's log is named
-        files = [p for p in t.logs if not (p.startswith("<") and p.endswith(">"))] or ["ENGINE.log"]
-        logs = " ".join(f"--log {shlex.quote(p)}" for p in files)
+        # a log read from standard input has no path: the engine's log is named instead
+        logs = " ".join(f"--log {shlex.quote(p)}" for p in t.log_files or ("ENGINE.log",))
         rerun = f"exsa-doctor diagnose --url {t.url} {logs}"
     return candidates, rerun
 

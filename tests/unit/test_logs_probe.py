@@ -682,7 +682,8 @@ def test_offline_a_pasted_reply_names_its_engine_and_its_address(tmp_path: Path)
 def test_offline_an_undetected_paste_keeps_the_default_engine(tmp_path: Path) -> None:
     from exsa_doctor.api_offline import offline_diagnosis
 
-    log = write(tmp_path / "pasted.log", "curl: (7) Failed to connect to 127.0.0.1 port 3000\n")
+    # no address in the paste: the port can come only from the default engine
+    log = write(tmp_path / "pasted.log", "curl: (7) Couldn't connect to server\n")
     diagnosis = offline_diagnosis([log])
     assert diagnosis.target.profile == "exsa-engine"
     assert diagnosis.target.port == 3000

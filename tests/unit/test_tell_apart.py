@@ -101,6 +101,17 @@ def test_a_log_from_standard_input_is_never_named_as_a_path() -> None:
     assert all("stdin" not in cmd for cmd in steps), steps
 
 
+def test_any_inline_log_is_left_out_of_the_commands_by_the_same_rule() -> None:
+    # the API may name an inline log anything: it is the target's inline logs that decide, for
+    # the fixes' placeholders and the tell-apart run alike
+    d = offline_diagnosis([Path("clipboard")], inline_logs={"clipboard": REFUSED.encode("utf-8")})
+    assert d.target.logs == ("clipboard",) and d.target.log_files == ()
+    _candidates, rerun = tell_apart(d)
+    assert rerun is not None and rerun.endswith(" --log ENGINE.log")
+    (race,) = [c for c in d.causes if c.id == "race-condition"]
+    assert "--log ENGINE.log" in race.confirm and "clipboard" not in race.confirm
+
+
 # ------------------------------------------------------- the address the client in the log used
 
 
