@@ -395,12 +395,21 @@ def test_context_over_the_address_space_limit(
     # the weights loaded: it is the context (made after the model) that failed
     assert "llama_model_load: error" not in text, text[-3000:]
     assert "failed to create context with model" in text, text[-3000:]
+    # the real engine's consequence line is the context-stage row's, not the model-load one's
+    from exsa_doctor.signatures import load_table
+
+    context_line = next(x for x in text.splitlines() if "failed to create context with model" in x)
+    matched = load_table().match_line(context_line)
+    assert matched is not None and matched[0].id == "llamacpp.context-failed", context_line
     record(f"oom-{stage.replace(' ', '-').lower()}", server)
 
     report = diagnose_cli(server.url, server.log, tiny_model)
     top = top_cause(report, "out-of-memory")
     assert_names_any(top, report, stage)
     assert_names_any(top, report, "CPU", "host")
+    # the allocation that failed is the root and explains the context line: not raised alone
+    found = {f["id"] for f in report["findings"]}
+    assert "logs.oom" in found and "logs.context_failed" not in found, sorted(found)
 
 
 def _needed_libraries(binary: Path) -> list[tuple[str, Path]]:
