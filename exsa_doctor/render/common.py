@@ -106,6 +106,11 @@ def prominent_causes(diagnosis: Diagnosis) -> tuple[RankedCause, ...]:
 # likely (the same floor as the "other causes" a report lists)
 MAX_CANDIDATES = 3
 MIN_CANDIDATE_PROBABILITY = 0.05
+# what every report says before the run that probes the machine (a log read on its own)
+RERUN_INTRO = (
+    "The log does not say which. Where the engine runs, a diagnosis that probes the port, the "
+    "processes and the health endpoint can:"
+)
 
 
 def tell_apart(diagnosis: Diagnosis) -> tuple[list[tuple[RankedCause, str]], str | None]:

@@ -23,6 +23,7 @@ from exsa_doctor.model import Diagnosis, Finding, ProbeStatus, RankedCause, Verd
 from exsa_doctor.render.common import (
     FATAL_KINDS,
     KIND_LABELS,
+    RERUN_INTRO,
     TimelineView,
     event_kind,
     healthy_hints,
@@ -276,8 +277,7 @@ def _tell_apart(d: Diagnosis) -> str:
     ]
     if rerun:
         items.append(
-            "<li><div>The log does not say which. Where the engine runs, a diagnosis that probes "
-            "the port, the processes and the health endpoint can:</div>"
+            f"<li><div>{esc(RERUN_INTRO)}</div>"
             f'<pre class="command"><code>{esc(rerun, None)}</code></pre></li>'
         )
     return (

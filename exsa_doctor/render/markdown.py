@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from exsa_doctor.model import Diagnosis, ProbeStatus, RankedCause, Verdict
 from exsa_doctor.render.common import (
+    RERUN_INTRO,
     event_kind,
     healthy_hints,
     inconclusive_reason,
@@ -143,10 +144,7 @@ def render(diagnosis: Diagnosis) -> str:
         for c, check in candidates:
             lines.append(f"- {code(c.id)} ({percent(c.probability)}): {code(check, 1000)}")
         if rerun:
-            lines.append(
-                "- the log does not say which; where the engine runs, a diagnosis that probes the "
-                f"port, the processes and the health endpoint can: {code(rerun, 1000)}"
-            )
+            lines.append(f"- {text(RERUN_INTRO)} {code(rerun, 1000)}")
         lines.append("")
 
     view = timeline_view(d.timeline, d.failed_at)

@@ -34,6 +34,7 @@ from exsa_doctor.model import (
     Verdict,
 )
 from exsa_doctor.render.common import (
+    RERUN_INTRO,
     event_kind,
     healthy_hints,
     inconclusive_reason,
@@ -257,10 +258,7 @@ def _tell_apart(console: Console, d: Diagnosis) -> None:
     if rerun:
         _indented(
             console,
-            Text(
-                "The log does not say which. Where the engine runs, a diagnosis that probes the "
-                "port, the processes and the health endpoint can:"
-            ),
+            Text(RERUN_INTRO),
             2,
         )
         console.print(Text("      " + _s(rerun), style="cyan"), soft_wrap=True)
