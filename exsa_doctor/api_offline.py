@@ -52,24 +52,22 @@ def offline_diagnosis(
             profile_file=profile_file,
             environ={},
         )
-        if reason:
-            resolved = replace(resolved, profile_reason=reason)
         return replace(resolved, offline=True, inline_logs=dict(inline_logs or {}))
 
-    chosen, reason = profile, ""
+    chosen = profile
     target = resolve(chosen, url)
     if profile_file is None and profile in ("", "auto"):
         found = log_profile(target, list(all_builtin()))
         if found is not None:
             # the engine the log names, at its own default address: the fix's commands use it
-            chosen, reason = found[0].name, found[1]
-            target = resolve(chosen, url)
+            chosen = found[0].name
+            target = replace(resolve(chosen, url), profile_reason=found[1])
     diagnosis = api.diagnose(target, probes=["logs"])
     address = None if url is not None else client_address(diagnosis.findings)
     if address is None:
         return diagnosis
     try:
-        moved = resolve(chosen, address)
+        moved = replace(resolve(chosen, address), profile_reason=target.profile_reason)
     except UsageError:
         return diagnosis  # an address no URL can hold: the default stays
     if (moved.host, moved.port) == (target.host, target.port):

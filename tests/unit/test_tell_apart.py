@@ -165,3 +165,10 @@ def test_a_timeout_or_a_failed_connect_call_also_gives_the_address(tmp_path: Pat
     assert offline_diagnosis([_paste(tmp_path, go, "go.txt")]).target.port == 11434
     connect = "ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 8000)\n"
     assert offline_diagnosis([_paste(tmp_path, connect, "call.txt")]).target.port == 8000
+
+
+def test_the_address_moves_and_the_detected_engine_stays(tmp_path: Path) -> None:
+    text = LOADING_503 + "curl: (7) Failed to connect to 127.0.0.1 port 8181: Connection refused\n"
+    d = offline_diagnosis([_paste(tmp_path, text)])
+    assert d.target.url == "http://127.0.0.1:8181"
+    assert d.target.profile == "llama-server" and "loading_reply" in d.target.profile_reason
