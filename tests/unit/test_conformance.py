@@ -70,8 +70,10 @@ def test_every_finding_the_cause_table_names_is_emitted_by_some_probe() -> None:
         missing = set(cause.evidence) - emitted
         assert not missing, f"{cause.id} weighs findings no probe emits: {sorted(missing)}"
         for step in cause.remediation:
-            # `when` is a finding id, optionally with `:key=value` on that finding's data
-            assert step.when is None or step.when.partition(":")[0] in emitted, (
+            # `when` is a finding id, optionally with `:key=value` on that finding's data,
+            # either negated by a leading `!`
+            named = None if step.when is None else step.when.removeprefix("!").partition(":")[0]
+            assert named is None or named in emitted, (
                 cause.id,
                 step.when,
             )

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from exsa_doctor.causes import CauseTableError, load_causes, parse_causes
 from exsa_doctor.model import Cause, Finding, Level, RemediationTemplate, Verdict
-from exsa_doctor.scoring import fill, score, verdict
+from exsa_doctor.scoring import fill, remediation_for, score, verdict, when_holds
 
 
 def f(fid: str, level: Level = Level.ERROR, **data: object) -> Finding:
@@ -70,6 +70,22 @@ def test_remediation_steps_without_data_are_left_out() -> None:
     assert ranked[0].remediation == ()
     ranked = score([cause("x", 0.5)], [f("a.b", pid=42)])
     assert ranked[0].remediation[0].commands == ("kill 42",)
+
+
+def test_a_step_condition_can_be_negated() -> None:
+    by_id = {"logs.model_error": f("logs.model_error", problem="lfs-pointer")}
+    assert when_holds("logs.model_error", by_id)
+    assert when_holds("logs.model_error:problem=lfs-pointer", by_id)
+    assert not when_holds("logs.model_error:problem=truncated", by_id)
+    assert not when_holds("!logs.model_error", by_id)
+    assert when_holds("!logs.model_error:problem=truncated", by_id)
+    assert when_holds("!logs.oom", by_id)
+    steps = (
+        RemediationTemplate(text="only without it", commands=(), when="!logs.model_error"),
+        RemediationTemplate(text="only with it", commands=(), when="logs.model_error"),
+    )
+    assert [r.text for r in remediation_for(steps, by_id, {})] == ["only with it"]
+    assert [r.text for r in remediation_for(steps, {}, {})] == ["only without it"]
 
 
 def test_verdict_needs_supporting_evidence_not_only_a_prior() -> None:
