@@ -74,6 +74,7 @@ SIGNATURE_FINDINGS = (
     "logs.panic",
     "logs.load_failed",
     "logs.context_failed",
+    "logs.hub_unauthorized",
     "logs.load_timeout",
     "logs.overloaded",
     "logs.request_during_load",

@@ -687,3 +687,127 @@ def test_offline_an_undetected_paste_keeps_the_default_engine(tmp_path: Path) ->
     diagnosis = offline_diagnosis([log])
     assert diagnosis.target.profile == "exsa-engine"
     assert diagnosis.target.port == 3000
+
+
+# ------------------------------------------------------- a model the Hugging Face Hub refused
+
+GATED_VLLM = """\
+INFO 08-14 10:02:11 api_server.py:585] vLLM API server version 0.10.1
+INFO 08-14 10:02:11 api_server.py:586] args: Namespace(model='meta-llama/Llama-3.1-8B-Instruct')
+Traceback (most recent call last):
+  File "/usr/local/lib/python3.12/site-packages/huggingface_hub/utils/_http.py", line 409, in hf_raise_for_status
+    response.raise_for_status()
+requests.exceptions.HTTPError: 401 Client Error: Unauthorized for url: https://huggingface.co/meta-llama/Llama-3.1-8B-Instruct/resolve/main/config.json
+The above exception was the direct cause of the following exception:
+huggingface_hub.errors.GatedRepoError: 401 Client Error. (Request ID: Root=1-66bc)
+Cannot access gated repo for url https://huggingface.co/meta-llama/Llama-3.1-8B-Instruct/resolve/main/config.json.
+Access to model meta-llama/Llama-3.1-8B-Instruct is restricted. You must have access to it and be authenticated to access it. Please log in.
+"""
+
+
+def test_offline_a_gated_hub_repo_is_a_missing_credential_not_a_missing_model(
+    tmp_path: Path,
+) -> None:
+    from exsa_doctor.api_offline import offline_diagnosis
+
+    diagnosis = offline_diagnosis([write(tmp_path / "vllm.log", GATED_VLLM)])
+    found = {f.id: f for f in diagnosis.findings}
+    assert found["logs.hub_unauthorized"].data["signature"] == "hf.gated-repo"
+    assert "logs.model_error" not in found
+    top = diagnosis.causes[0]
+    assert top.id == "auth-required", [(c.id, c.probability) for c in diagnosis.causes]
+    fix = " ".join(step.text for step in top.remediation)
+    assert "accept its licence" in fix and "HF_TOKEN" in fix, fix
+    # the engine's own API key has nothing to do with it: those steps are left out
+    assert "Send the key the engine was started with" not in fix, fix
+    assert any("huggingface-cli whoami" in c for step in top.remediation for c in step.commands)
+
+
+def test_offline_a_hub_403_names_the_repo(tmp_path: Path) -> None:
+    from exsa_doctor.api_offline import offline_findings
+
+    line = (
+        "(APIServer pid=1) requests.exceptions.HTTPError: 403 Client Error: Forbidden for url: "
+        "https://huggingface.co/google/gemma-2-9b-it/resolve/main/config.json\n"
+    )
+    found = {f.id: f for f in offline_findings(write(tmp_path / "pod.log", line))}
+    assert found["logs.hub_unauthorized"].data["repo"] == "google/gemma-2-9b-it"
+
+
+def test_offline_a_hub_401_alone_is_not_read_as_a_gated_repo(tmp_path: Path) -> None:
+    from exsa_doctor.api_offline import offline_findings
+
+    # the Hub answers 401 for a repo that does not exist, too: that is the missing model's row
+    line = (
+        "huggingface_hub.utils._errors.RepositoryNotFoundError: 401 Client Error. "
+        "Repository Not Found for url: https://huggingface.co/api/models/nobody/no-such-model\n"
+    )
+    found = {f.id for f in offline_findings(write(tmp_path / "hub.log", line))}
+    assert "logs.hub_unauthorized" not in found
+    assert "logs.model_error" in found
+
+
+# ------------------------------------------------------------- rows taught by round 8's training
+
+
+@pytest.mark.parametrize(
+    ("line", "finding", "data"),
+    [
+        # clap 4 and clap 2-3, as Rust servers print them
+        (
+            "error: unexpected argument '--ctx-size' found",
+            "logs.bad_argument",
+            {"flag": "--ctx-size"},
+        ),
+        (
+            "error: Found argument '--gpu' which wasn't expected, or isn't valid in this context",
+            "logs.bad_argument",
+            {"flag": "--gpu"},
+        ),
+        (
+            "error: invalid value 'abc' for '--port <PORT>': invalid digit found in string",
+            "logs.bad_argument",
+            {"flag": "--port <PORT>", "value": "abc"},
+        ),
+        (
+            "ERROR: ggml-cuda was compiled without support for the current GPU architecture.",
+            "logs.gpu_error",
+            {},
+        ),
+        (
+            "ERROR:root:Model type gemma3n not supported.",
+            "logs.unknown_architecture",
+            {"arch": "gemma3n"},
+        ),
+        (
+            "RuntimeError: Failed to load 'ggml-cuda' from [.../llama_cpp/lib, .../llama_cpp/bin]",
+            "logs.missing_library",
+            {"library": "ggml-cuda"},
+        ),
+        # a version-1 file is too old, not too new (node-llama-cpp's wording)
+        (
+            "Error: GGUF version 1 is not supported by llama.cpp anymore",
+            "logs.model_error",
+            {"problem": "old-gguf"},
+        ),
+        (
+            "java.lang.IllegalArgumentException: File is not in GGUF format",
+            "logs.model_error",
+            {"problem": "not-gguf"},
+        ),
+        (
+            "Check failed: (__e == VK_SUCCESS) is false: Vulkan Error, code=-2: VK_ERROR_OUT_OF_DEVICE_MEMORY",
+            "logs.oom",
+            {"device_kind": "gpu"},
+        ),
+    ],
+)
+def test_offline_round_8_rows_read_their_detail(
+    tmp_path: Path, line: str, finding: str, data: dict[str, str]
+) -> None:
+    from exsa_doctor.api_offline import offline_findings
+
+    found = {f.id: f for f in offline_findings(write(tmp_path / "pasted.log", line + "\n"))}
+    assert finding in found, sorted(found)
+    for key, value in data.items():
+        assert found[finding].data[key] == value, found[finding].data
