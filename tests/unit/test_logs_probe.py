@@ -784,6 +784,30 @@ def test_offline_a_hub_401_alone_is_not_read_as_a_gated_repo(tmp_path: Path) -> 
             "logs.missing_library",
             {"library": "ggml-cuda"},
         ),
+        (
+            "ERROR Could not load engine: Could not load library "
+            '"C:\\\\Jan\\\\engines\\\\cortex.llamacpp\\\\engine.dll"',
+            "logs.missing_library",
+            {"library": "C:\\\\Jan\\\\engines\\\\cortex.llamacpp\\\\engine.dll"},
+        ),
+        (
+            "ValueError: invalid literal for int() with base 10: 'tcp://10.0.0.7:80'",
+            "logs.bad_argument",
+            {"flag": "VLLM_PORT", "value": "tcp://10.0.0.7:80"},
+        ),
+        (
+            "invoking the NVIDIA Container Runtime Hook directly (e.g. specifying the docker "
+            "--gpus flag) is not supported.",
+            "logs.gpu_error",
+            {},
+        ),
+        ("Error loading models: TypeError: fetch failed", "logs.client_refused", {}),
+        # a 404 from the engine's own address is a wrong path, not a failed download
+        (
+            "Error: 404 Client Error: Not Found for url: http://localhost:11434/generate",
+            "logs.client_not_found",
+            {},
+        ),
         # a version-1 file is too old, not too new (node-llama-cpp's wording)
         (
             "Error: GGUF version 1 is not supported by llama.cpp anymore",
@@ -811,3 +835,25 @@ def test_offline_round_8_rows_read_their_detail(
     assert finding in found, sorted(found)
     for key, value in data.items():
         assert found[finding].data[key] == value, found[finding].data
+
+
+def test_offline_a_hub_401_before_repository_not_found_is_a_missing_repo(tmp_path: Path) -> None:
+    from exsa_doctor.api_offline import offline_diagnosis
+
+    # huggingface_hub's traceback for a repo that does not exist: the raw 401, then the reason
+    text = (
+        "requests.exceptions.HTTPError: 401 Client Error: Unauthorized for url: "
+        "https://huggingface.co/api/models/nobody/no-such-model\n"
+        "The above exception was the direct cause of the following exception:\n"
+        "huggingface_hub.utils._errors.RepositoryNotFoundError: 401 Client Error. "
+        "Repository Not Found for url: https://huggingface.co/api/models/nobody/no-such-model.\n"
+    )
+    diagnosis = offline_diagnosis([write(tmp_path / "hub.log", text)])
+    found = {f.id: f for f in diagnosis.findings}
+    assert found["logs.model_error"].data["signature"] != "hf.hub-401"
+    assert (
+        found["logs.reason_logged"].data["signature"] == found["logs.model_error"].data["signature"]
+    )
+    assert diagnosis.causes[0].id == "model-missing-or-invalid", [
+        (c.id, c.probability) for c in diagnosis.causes
+    ]
