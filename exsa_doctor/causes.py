@@ -154,10 +154,14 @@ def _check_finding_ids(
     for i, step in enumerate(row.get("remediation", []), start=1):
         if step.get("when") is not None:
             # `finding.id` or `finding.id:key=value` (a condition on the finding's data), either
-            # negated by a leading `!`
-            named.append(
-                (f"remediation step {i}: when", step["when"].removeprefix("!").partition(":")[0])
-            )
+            # negated by a leading `!`; several joined by `,` must all hold
+            for part in step["when"].split(","):
+                named.append(
+                    (
+                        f"remediation step {i}: when",
+                        part.strip().removeprefix("!").partition(":")[0],
+                    )
+                )
         for text in (step.get("text", ""), *step.get("commands", [])):
             named += [
                 (f"remediation step {i}: placeholder", source)

@@ -82,7 +82,10 @@ def fill(template: str, by_id: Mapping[str, Finding], target: Mapping[str, str])
 
 def when_holds(when: str, by_id: Mapping[str, Finding]) -> bool:
     """`finding.id` is present, or `finding.id:key=value` is present with that value; a leading
-    `!` turns either into its opposite (a step that does not fit a case another step covers)."""
+    `!` turns either into its opposite (a step that does not fit a case another step covers);
+    conditions joined by `,` must all hold."""
+    if "," in when:
+        return all(when_holds(part.strip(), by_id) for part in when.split(","))
     if when.startswith("!"):
         return not when_holds(when[1:], by_id)
     fid, _, condition = when.partition(":")

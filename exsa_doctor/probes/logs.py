@@ -75,6 +75,7 @@ SIGNATURE_FINDINGS = (
     "logs.load_failed",
     "logs.context_failed",
     "logs.hub_unauthorized",
+    "logs.hub_unauthenticated",
     "logs.load_timeout",
     "logs.overloaded",
     "logs.request_during_load",

@@ -71,12 +71,10 @@ def test_every_finding_the_cause_table_names_is_emitted_by_some_probe() -> None:
         assert not missing, f"{cause.id} weighs findings no probe emits: {sorted(missing)}"
         for step in cause.remediation:
             # `when` is a finding id, optionally with `:key=value` on that finding's data,
-            # either negated by a leading `!`
-            named = None if step.when is None else step.when.removeprefix("!").partition(":")[0]
-            assert named is None or named in emitted, (
-                cause.id,
-                step.when,
-            )
+            # either negated by a leading `!`; several joined by `,`
+            parts = [] if step.when is None else step.when.split(",")
+            for named in (p.strip().removeprefix("!").partition(":")[0] for p in parts):
+                assert named in emitted, (cause.id, step.when)
             for text in (step.text, *step.commands):
                 for source, _key in _PLACEHOLDER.findall(text):
                     assert source == "target" or source in emitted, (cause.id, source)

@@ -734,7 +734,7 @@ def test_offline_a_hub_403_names_the_repo(tmp_path: Path) -> None:
     assert found["logs.hub_unauthorized"].data["repo"] == "google/gemma-2-9b-it"
 
 
-def test_offline_a_hub_401_alone_is_not_read_as_a_gated_repo(tmp_path: Path) -> None:
+def test_offline_a_hub_unauthenticated_alone_is_not_read_as_a_gated_repo(tmp_path: Path) -> None:
     from exsa_doctor.api_offline import offline_findings
 
     # the Hub answers 401 for a repo that does not exist, too: that is the missing model's row
@@ -837,7 +837,9 @@ def test_offline_round_8_rows_read_their_detail(
         assert found[finding].data[key] == value, found[finding].data
 
 
-def test_offline_a_hub_401_before_repository_not_found_is_a_missing_repo(tmp_path: Path) -> None:
+def test_offline_a_hub_unauthenticated_before_repository_not_found_is_a_missing_repo(
+    tmp_path: Path,
+) -> None:
     from exsa_doctor.api_offline import offline_diagnosis
 
     # huggingface_hub's traceback for a repo that does not exist: the raw 401, then the reason

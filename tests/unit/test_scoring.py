@@ -80,6 +80,9 @@ def test_a_step_condition_can_be_negated() -> None:
     assert not when_holds("!logs.model_error", by_id)
     assert when_holds("!logs.model_error:problem=truncated", by_id)
     assert when_holds("!logs.oom", by_id)
+    assert when_holds("logs.model_error, !logs.oom", by_id)
+    assert not when_holds("logs.model_error,logs.oom", by_id)
+    assert not when_holds("!logs.oom,!logs.model_error", by_id)
     steps = (
         RemediationTemplate(text="only without it", commands=(), when="!logs.model_error"),
         RemediationTemplate(text="only with it", commands=(), when="logs.model_error"),
