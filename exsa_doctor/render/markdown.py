@@ -17,6 +17,7 @@ from exsa_doctor.render.common import (
     event_kind,
     healthy_hints,
     inconclusive_reason,
+    is_default_profile,
     iso_utc,
     percent,
     printable,
@@ -110,7 +111,10 @@ def render(diagnosis: Diagnosis) -> str:
     else:
         lines.append("> " + text(inconclusive_reason(d)))
     lines.append("")
-    facts = [f"profile {code(d.target.profile)}"]
+    facts = [
+        f"profile {code(d.target.profile)}"
+        + (" (assumed: nothing names the engine)" if is_default_profile(d) else "")
+    ]
     if d.target.model:
         facts.append(f"model {code(d.target.model)}")
     if d.target.logs:

@@ -38,6 +38,7 @@ from exsa_doctor.render.common import (
     event_kind,
     healthy_hints,
     inconclusive_reason,
+    is_default_profile,
     iso_utc,
     percent,
     printable,
@@ -182,7 +183,8 @@ def _header(console: Console, d: Diagnosis) -> None:
     line = Text()
     line.append(f"{mark} {d.verdict.value.upper()}", style=style)
     line.append("  " + _s(d.target.where), style="bold")
-    line.append(f"  ({_s(d.target.profile)})", style="dim")
+    assumed = ", assumed: nothing names the engine" if is_default_profile(d) else ""
+    line.append(f"  ({_s(d.target.profile)}{assumed})", style="dim")
     console.print(line)
     shown = prominent_causes(d)
     if d.verdict is Verdict.UNHEALTHY and shown:

@@ -170,3 +170,23 @@ def test_explain_shows_description_weights_fixes_and_confirm() -> None:
     port = render_cause(next(c for c in load_causes() if c.id == "port-in-use"), color=False)
     assert "kill {port.held_by_stale_instance:pid}" in port
     assert "(when port.held_by_stale_instance is found)" in " ".join(port.split())
+
+
+def test_an_assumed_profile_says_so_in_the_header() -> None:
+    from exsa_doctor.render.markdown import render as render_markdown
+
+    d = samples.race()
+    detected = dataclasses.replace(
+        d, target=dataclasses.replace(d.target, profile_reason="the log's banner")
+    )
+    assumed = dataclasses.replace(
+        d,
+        target=dataclasses.replace(
+            d.target, profile_reason="default (no engine found to detect another)"
+        ),
+    )
+    assert "assumed" not in render(detected, color=False).splitlines()[0]
+    header = render(assumed, color=False).splitlines()[0]
+    assert f"({d.target.profile}, assumed: nothing names the engine)" in header
+    assert "(assumed: nothing names the engine)" in render_markdown(assumed)
+    assert "(assumed: nothing names the engine)" not in render_markdown(detected)
