@@ -891,13 +891,38 @@ _FLAT_SPLIT = re.compile(
     r")"
 )
 _FLAT_LINE = 300  # a line this long with several stamps or prefixes in it was flattened
+# A console copy (Windows' conhost, a fixed-width terminal) hard-wraps every line at its width:
+# the lines that reached the width go on in the next line, which starts in the middle of a
+# sentence. Only the usual widths are taken, only when no line is longer and at least two lines
+# reached it, and a next line that starts like a record of its own is never joined.
+_CONSOLE_WIDTHS = frozenset({80, 100, 120})
+_CONTINUES = re.compile(r"[a-z',)\]}:.]| \S")  # not an indented line of its own
+
+
+def _unwrap_console(text: str) -> str:
+    lines = text.split("\n")
+    width = max((len(line) for line in lines), default=0)
+    if width not in _CONSOLE_WIDTHS or sum(len(line) == width for line in lines) < 2:
+        return text
+    out: list[str] = []
+    joining = False
+    for line in lines:
+        if joining and line and _CONTINUES.match(line):
+            out[-1] += line
+        else:
+            out.append(line)
+        # a full-width rule of one repeated character ("=====") is a separator, not a wrap
+        joining = len(line) == width and bool(line.strip(line[0]))
+    return "\n".join(out)
 
 
 def unmangle(text: str) -> str:
-    """Lines back from a JSON-wrapped, escaped or flattened paste; other text unchanged."""
+    """Lines back from a JSON-wrapped, escaped, flattened or console-wrapped paste; other text
+    unchanged."""
     if text.count("\n") <= 2 and "\\n" in text:
         # a log inside a JSON string: its newlines, quotes and tabs are escaped
         text = _ESCAPED_NL.sub("\n", text).replace('\\"', '"').replace("\\t", "\t")
+    text = _unwrap_console(text)
     if not any(len(line) > _FLAT_LINE for line in text.split("\n")):
         return text
     out: list[str] = []

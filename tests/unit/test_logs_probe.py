@@ -808,6 +808,12 @@ def test_offline_a_hub_unauthenticated_alone_is_not_read_as_a_gated_repo(tmp_pat
             "logs.client_not_found",
             {},
         ),
+        (
+            "docker: Error response from daemon: driver failed programming external connectivity "
+            "on endpoint x (f1e7): Bind for 0.0.0.0:8080 failed: port is already allocated.",
+            "logs.bind_failed",
+            {"host": "0.0.0.0", "port": 8080},
+        ),
         # a version-1 file is too old, not too new (node-llama-cpp's wording)
         (
             "Error: GGUF version 1 is not supported by llama.cpp anymore",
@@ -827,7 +833,7 @@ def test_offline_a_hub_unauthenticated_alone_is_not_read_as_a_gated_repo(tmp_pat
     ],
 )
 def test_offline_round_8_rows_read_their_detail(
-    tmp_path: Path, line: str, finding: str, data: dict[str, str]
+    tmp_path: Path, line: str, finding: str, data: dict[str, object]
 ) -> None:
     from exsa_doctor.api_offline import offline_findings
 
@@ -859,3 +865,21 @@ def test_offline_a_hub_unauthenticated_before_repository_not_found_is_a_missing_
     assert diagnosis.causes[0].id == "model-missing-or-invalid", [
         (c.id, c.probability) for c in diagnosis.causes
     ]
+
+
+def test_offline_gdbs_ptrace_refusal_after_an_assert_is_not_a_permission_problem(
+    tmp_path: Path,
+) -> None:
+    from exsa_doctor.api_offline import offline_findings
+
+    # ggml runs gdb for a backtrace when it aborts; in a container gdb may not attach
+    text = (
+        "Could not attach to process.  If your uid matches the uid of the target\n"
+        "ptrace: Operation not permitted.\n"
+        "No stack.\n"
+    )
+    found = {f.id for f in offline_findings(write(tmp_path / "crash.log", text))}
+    assert "logs.permission_denied" not in found
+    # the same words from anything else still are one
+    other = write(tmp_path / "other.log", "mlock: Operation not permitted\n")
+    assert "logs.permission_denied" in {f.id for f in offline_findings(other)}

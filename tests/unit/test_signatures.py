@@ -244,6 +244,36 @@ def test_a_flattened_paste_is_split_back_into_lines() -> None:
     assert chain.root is not None and chain.root.groups["arch"] == "gemma3n"
 
 
+def _console_wrap(text: str, width: int) -> str:
+    """What a fixed-width console copy makes of a log: every line cut into pieces of `width`."""
+    out = []
+    for line in text.split("\n"):
+        out += [line[i : i + width] for i in range(0, max(len(line), 1), width)]
+    return "\n".join(out)
+
+
+def test_a_console_wrapped_paste_is_joined_back() -> None:
+    log = LOAD_FAILURE.replace(
+        "key-value pairs",
+        "key-value pairs and 807 tensors from C:\\models\\Qwen3-Next-80B-A3B-Instruct-Q8_0.gguf",
+    )
+    wrapped = _console_wrap(log + '\nTraceback (most recent call last):\n  File "x.py"', 80)
+    assert max(len(line) for line in wrapped.split("\n")) == 80  # it was cut
+    lines = unmangle(wrapped).split("\n")
+    assert lines[:-2] == log.split("\n")
+    assert lines[-1] == '  File "x.py"'  # an indented line is a line of its own
+    chain = read_chain(TABLE.scan(lines))
+    assert chain.root is not None and chain.root.groups["arch"] == "gemma3n"
+
+
+def test_lines_that_merely_share_a_length_are_not_joined() -> None:
+    # an access log's records are all one width, and a rule of "=" fills the console: no wrap
+    record = "[GIN] 2025/03/06 - 11:42:21 | 503 |   42.044125ms |       127.0.0.1 | POST /api/"
+    text = "\n".join([record, record, "=" * 80, "=" * 80, "Error: done"])
+    assert len(record) == 80
+    assert unmangle(text) == text
+
+
 def test_a_json_wrapped_paste_with_escaped_newlines_is_read() -> None:
     wrapped = '{"cause": "' + LOAD_FAILURE.replace("\n", "\\n") + '"}'
     report = parse_log(wrapped.encode(), load_builtin("llama-server"))
