@@ -814,6 +814,13 @@ def test_offline_a_hub_unauthenticated_alone_is_not_read_as_a_gated_repo(tmp_pat
             "logs.bind_failed",
             {"host": "0.0.0.0", "port": 8080},
         ),
+        ("Instrucción ilegal (`core' generado)", "logs.illegal_instruction", {}),
+        ("Ungültiger Maschinenbefehl (Speicherabzug geschrieben)", "logs.illegal_instruction", {}),
+        (
+            "error loading model: unrecognized tensor type 4",
+            "logs.unsupported_format",
+            {"what": "4"},
+        ),
         # a version-1 file is too old, not too new (node-llama-cpp's wording)
         (
             "Error: GGUF version 1 is not supported by llama.cpp anymore",
@@ -883,3 +890,18 @@ def test_offline_gdbs_ptrace_refusal_after_an_assert_is_not_a_permission_problem
     # the same words from anything else still are one
     other = write(tmp_path / "other.log", "mlock: Operation not permitted\n")
     assert "logs.permission_denied" in {f.id for f in offline_findings(other)}
+
+
+def test_offline_a_registry_refusing_an_image_is_not_an_engine_wanting_a_key(
+    tmp_path: Path,
+) -> None:
+    from exsa_doctor.api_offline import offline_findings
+
+    # quay and Docker Hub answer 'unauthorized' for an image that does not exist (renamed)
+    line = (
+        "Error: initializing source docker://quay.io/x/rocm-fedora:latest: reading manifest latest "
+        "in quay.io/x/rocm-fedora: unauthorized: access to the requested resource is not authorized\n"
+    )
+    found = {f.id for f in offline_findings(write(tmp_path / "pull.log", line))}
+    assert "logs.client_unauthorized" not in found
+    assert "logs.unrecognised_error" in found
