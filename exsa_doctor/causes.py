@@ -143,6 +143,12 @@ def parse_causes(
     return tuple(causes)
 
 
+def when_finding_ids(when: str) -> list[str]:
+    """The finding ids a step's `when` names: `finding.id` or `finding.id:key=value` (a condition
+    on the finding's data), either negated by a leading `!`, several joined by `,` (all hold)."""
+    return [part.strip().removeprefix("!").partition(":")[0] for part in when.split(",")]
+
+
 def _check_finding_ids(
     row: Mapping[str, Any],
     evidence: Mapping[str, Any],
@@ -153,15 +159,7 @@ def _check_finding_ids(
     named = [("evidence", fid) for fid in evidence]
     for i, step in enumerate(row.get("remediation", []), start=1):
         if step.get("when") is not None:
-            # `finding.id` or `finding.id:key=value` (a condition on the finding's data), either
-            # negated by a leading `!`; several joined by `,` must all hold
-            for part in step["when"].split(","):
-                named.append(
-                    (
-                        f"remediation step {i}: when",
-                        part.strip().removeprefix("!").partition(":")[0],
-                    )
-                )
+            named += [(f"remediation step {i}: when", f) for f in when_finding_ids(step["when"])]
         for text in (step.get("text", ""), *step.get("commands", [])):
             named += [
                 (f"remediation step {i}: placeholder", source)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from exsa_doctor.causes import load_causes
+from exsa_doctor.causes import load_causes, when_finding_ids
 from exsa_doctor.probes import ALL_PROBES
 from exsa_doctor.scoring import _PLACEHOLDER
 
@@ -70,10 +70,7 @@ def test_every_finding_the_cause_table_names_is_emitted_by_some_probe() -> None:
         missing = set(cause.evidence) - emitted
         assert not missing, f"{cause.id} weighs findings no probe emits: {sorted(missing)}"
         for step in cause.remediation:
-            # `when` is a finding id, optionally with `:key=value` on that finding's data,
-            # either negated by a leading `!`; several joined by `,`
-            parts = [] if step.when is None else step.when.split(",")
-            for named in (p.strip().removeprefix("!").partition(":")[0] for p in parts):
+            for named in when_finding_ids(step.when) if step.when else []:
                 assert named in emitted, (cause.id, step.when)
             for text in (step.text, *step.commands):
                 for source, _key in _PLACEHOLDER.findall(text):
