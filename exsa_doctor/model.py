@@ -165,6 +165,10 @@ class RankedCause:
         return tuple(e for e in self.evidence if e.weight < 1.0)
 
 
+# why a target has the default profile: no --profile and no engine found that names another
+DEFAULT_PROFILE_REASON = "default (no engine found to detect another)"
+
+
 @dataclass(frozen=True)
 class TargetInfo:
     """What was diagnosed, as the report states it."""
@@ -179,6 +183,12 @@ class TargetInfo:
     profile_reason: str = ""
     offline: bool = False  # a log read on its own: the URL is only the profile's default
     log_files: tuple[str, ...] = ()  # the logs a command can name (not read from standard input)
+
+    @property
+    def profile_assumed(self) -> bool:
+        """Neither given nor detected: the default profile, whose address and commands are a
+        guess a reader should know about."""
+        return self.profile_reason == DEFAULT_PROFILE_REASON
 
     @property
     def where(self) -> str:

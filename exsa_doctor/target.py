@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from exsa_doctor.model import TargetInfo
+from exsa_doctor.model import DEFAULT_PROFILE_REASON, TargetInfo
 from exsa_doctor.oslayer.types import EngineProcess, ListenerScan
 from exsa_doctor.profiles import (
     DEFAULT_PROFILE,
@@ -197,7 +197,7 @@ def choose_profile(name: str | None, profile_file: Path | None) -> tuple[Profile
             return load_builtin(name), "from --profile"
     except ProfileError as exc:
         raise UsageError(str(exc)) from None
-    return load_builtin(DEFAULT_PROFILE), "default (no engine found to detect another)"
+    return load_builtin(DEFAULT_PROFILE), DEFAULT_PROFILE_REASON
 
 
 def resolve_target(

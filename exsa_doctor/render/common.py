@@ -90,12 +90,6 @@ def weight(w: float) -> str:
     return f"{TIMES}{w:g}" if w >= 1 else f"{TIMES}{w:.2g}"
 
 
-def is_default_profile(diagnosis: Diagnosis) -> bool:
-    """The engine profile was neither given nor detected: the default, assumed (its address and
-    commands are a guess a reader should know about)."""
-    return diagnosis.target.profile_reason.startswith("default")
-
-
 def prominent_causes(diagnosis: Diagnosis) -> tuple[RankedCause, ...]:
     """Causes shown in full: likely (>= 0.5) and backed by evidence, or else the best lead
     when the verdict is not healthy (so an inconclusive run still says where to look)."""

@@ -17,7 +17,6 @@ from exsa_doctor.render.common import (
     event_kind,
     healthy_hints,
     inconclusive_reason,
-    is_default_profile,
     iso_utc,
     percent,
     printable,
@@ -113,7 +112,7 @@ def render(diagnosis: Diagnosis) -> str:
     lines.append("")
     facts = [
         f"profile {code(d.target.profile)}"
-        + (" (assumed: nothing names the engine)" if is_default_profile(d) else "")
+        + (" (assumed: nothing names the engine)" if d.target.profile_assumed else "")
     ]
     if d.target.model:
         facts.append(f"model {code(d.target.model)}")

@@ -38,7 +38,6 @@ from exsa_doctor.render.common import (
     event_kind,
     healthy_hints,
     inconclusive_reason,
-    is_default_profile,
     iso_utc,
     percent,
     printable,
@@ -183,7 +182,7 @@ def _header(console: Console, d: Diagnosis) -> None:
     line = Text()
     line.append(f"{mark} {d.verdict.value.upper()}", style=style)
     line.append("  " + _s(d.target.where), style="bold")
-    assumed = ", assumed: nothing names the engine" if is_default_profile(d) else ""
+    assumed = ", assumed: nothing names the engine" if d.target.profile_assumed else ""
     line.append(f"  ({_s(d.target.profile)}{assumed})", style="dim")
     console.print(line)
     shown = prominent_causes(d)
@@ -258,11 +257,7 @@ def _tell_apart(console: Console, d: Diagnosis) -> None:
         _indented(console, Text(f"{_s(c.id)} ({percent(c.probability)})"), 2)
         console.print(Text("      " + _s(check), style="cyan"), soft_wrap=True)
     if rerun:
-        _indented(
-            console,
-            Text(RERUN_INTRO),
-            2,
-        )
+        _indented(console, Text(RERUN_INTRO), 2)
         console.print(Text("      " + _s(rerun), style="cyan"), soft_wrap=True)
 
 

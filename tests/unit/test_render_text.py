@@ -9,6 +9,7 @@ import pytest
 import sample_diagnosis as samples
 
 from exsa_doctor.causes import load_causes
+from exsa_doctor.model import DEFAULT_PROFILE_REASON
 from exsa_doctor.render import render_as
 from exsa_doctor.render.common import percent
 from exsa_doctor.render.text import (
@@ -181,9 +182,7 @@ def test_an_assumed_profile_says_so_in_the_header() -> None:
     )
     assumed = dataclasses.replace(
         d,
-        target=dataclasses.replace(
-            d.target, profile_reason="default (no engine found to detect another)"
-        ),
+        target=dataclasses.replace(d.target, profile_reason=DEFAULT_PROFILE_REASON),
     )
     assert "assumed" not in render(detected, color=False).splitlines()[0]
     header = render(assumed, color=False).splitlines()[0]
