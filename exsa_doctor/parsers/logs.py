@@ -899,11 +899,10 @@ _CONSOLE_WIDTHS = frozenset({80, 100, 120})
 _CONTINUES = re.compile(r"[a-z',)\]}:.]| \S")  # not an indented line of its own
 
 
-def _unwrap_console(text: str) -> str:
-    lines = text.split("\n")
+def _unwrap_console(lines: list[str]) -> list[str]:
     width = max((len(line) for line in lines), default=0)
     if width not in _CONSOLE_WIDTHS or sum(len(line) == width for line in lines) < 2:
-        return text
+        return lines
     out: list[str] = []
     joining = False
     for line in lines:
@@ -913,7 +912,7 @@ def _unwrap_console(text: str) -> str:
             out.append(line)
         # a full-width rule of one repeated character ("=====") is a separator, not a wrap
         joining = len(line) == width and bool(line.strip(line[0]))
-    return "\n".join(out)
+    return out
 
 
 def unmangle(text: str) -> str:
@@ -922,11 +921,12 @@ def unmangle(text: str) -> str:
     if text.count("\n") <= 2 and "\\n" in text:
         # a log inside a JSON string: its newlines, quotes and tabs are escaped
         text = _ESCAPED_NL.sub("\n", text).replace('\\"', '"').replace("\\t", "\t")
-    text = _unwrap_console(text)
-    if not any(len(line) > _FLAT_LINE for line in text.split("\n")):
-        return text
+    lines = text.split("\n")
+    unwrapped = _unwrap_console(lines)
+    if not any(len(line) > _FLAT_LINE for line in unwrapped):
+        return text if unwrapped is lines else "\n".join(unwrapped)
     out: list[str] = []
-    for line in text.split("\n"):
+    for line in unwrapped:
         if len(line) > _FLAT_LINE:
             pieces = _FLAT_SPLIT.split(line)
             if len(pieces) >= 3:
