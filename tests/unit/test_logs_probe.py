@@ -689,6 +689,13 @@ def test_offline_an_undetected_paste_keeps_the_default_engine(tmp_path: Path) ->
     assert diagnosis.target.port == 3000
 
 
+def findings_in(tmp_path: Path, text: str) -> dict[str, Finding]:
+    """The findings of `text` read offline as a pasted log, by id."""
+    from exsa_doctor.api_offline import offline_findings
+
+    return {f.id: f for f in offline_findings(write(tmp_path / "pasted.log", text))}
+
+
 # ------------------------------------------------------- a model the Hugging Face Hub refused
 
 GATED_VLLM = """\
@@ -724,25 +731,21 @@ def test_offline_a_gated_hub_repo_is_a_missing_credential_not_a_missing_model(
 
 
 def test_offline_a_hub_403_names_the_repo(tmp_path: Path) -> None:
-    from exsa_doctor.api_offline import offline_findings
-
     line = (
         "(APIServer pid=1) requests.exceptions.HTTPError: 403 Client Error: Forbidden for url: "
         "https://huggingface.co/google/gemma-2-9b-it/resolve/main/config.json\n"
     )
-    found = {f.id: f for f in offline_findings(write(tmp_path / "pod.log", line))}
+    found = findings_in(tmp_path, line)
     assert found["logs.hub_unauthorized"].data["repo"] == "google/gemma-2-9b-it"
 
 
-def test_offline_a_hub_unauthenticated_alone_is_not_read_as_a_gated_repo(tmp_path: Path) -> None:
-    from exsa_doctor.api_offline import offline_findings
-
+def test_offline_a_missing_repo_alone_is_not_read_as_a_gated_repo(tmp_path: Path) -> None:
     # the Hub answers 401 for a repo that does not exist, too: that is the missing model's row
     line = (
         "huggingface_hub.utils._errors.RepositoryNotFoundError: 401 Client Error. "
         "Repository Not Found for url: https://huggingface.co/api/models/nobody/no-such-model\n"
     )
-    found = {f.id for f in offline_findings(write(tmp_path / "hub.log", line))}
+    found = set(findings_in(tmp_path, line))
     assert "logs.hub_unauthorized" not in found
     assert "logs.model_error" in found
 
@@ -842,15 +845,13 @@ def test_offline_a_hub_unauthenticated_alone_is_not_read_as_a_gated_repo(tmp_pat
 def test_offline_round_8_rows_read_their_detail(
     tmp_path: Path, line: str, finding: str, data: dict[str, object]
 ) -> None:
-    from exsa_doctor.api_offline import offline_findings
-
-    found = {f.id: f for f in offline_findings(write(tmp_path / "pasted.log", line + "\n"))}
+    found = findings_in(tmp_path, line + "\n")
     assert finding in found, sorted(found)
     for key, value in data.items():
         assert found[finding].data[key] == value, found[finding].data
 
 
-def test_offline_a_hub_unauthenticated_before_repository_not_found_is_a_missing_repo(
+def test_offline_a_hub_401_then_repository_not_found_is_a_missing_repo(
     tmp_path: Path,
 ) -> None:
     from exsa_doctor.api_offline import offline_diagnosis
@@ -865,7 +866,13 @@ def test_offline_a_hub_unauthenticated_before_repository_not_found_is_a_missing_
     )
     diagnosis = offline_diagnosis([write(tmp_path / "hub.log", text)])
     found = {f.id: f for f in diagnosis.findings}
-    assert found["logs.model_error"].data["signature"] != "hf.hub-401"
+    # the 401 is evidence both ways; the missing repo's own line is the root
+    assert "logs.hub_unauthenticated" in found
+    assert (
+        found["logs.model_error"]
+        .data["line"]
+        .startswith("huggingface_hub.utils._errors.RepositoryNotFoundError")
+    )
     assert (
         found["logs.reason_logged"].data["signature"] == found["logs.model_error"].data["signature"]
     )
@@ -877,31 +884,26 @@ def test_offline_a_hub_unauthenticated_before_repository_not_found_is_a_missing_
 def test_offline_gdbs_ptrace_refusal_after_an_assert_is_not_a_permission_problem(
     tmp_path: Path,
 ) -> None:
-    from exsa_doctor.api_offline import offline_findings
-
     # ggml runs gdb for a backtrace when it aborts; in a container gdb may not attach
     text = (
         "Could not attach to process.  If your uid matches the uid of the target\n"
         "ptrace: Operation not permitted.\n"
         "No stack.\n"
     )
-    found = {f.id for f in offline_findings(write(tmp_path / "crash.log", text))}
+    found = set(findings_in(tmp_path, text))
     assert "logs.permission_denied" not in found
     # the same words from anything else still are one
-    other = write(tmp_path / "other.log", "mlock: Operation not permitted\n")
-    assert "logs.permission_denied" in {f.id for f in offline_findings(other)}
+    assert "logs.permission_denied" in findings_in(tmp_path, "mlock: Operation not permitted\n")
 
 
 def test_offline_a_registry_refusing_an_image_is_not_an_engine_wanting_a_key(
     tmp_path: Path,
 ) -> None:
-    from exsa_doctor.api_offline import offline_findings
-
     # quay and Docker Hub answer 'unauthorized' for an image that does not exist (renamed)
     line = (
         "Error: initializing source docker://quay.io/x/rocm-fedora:latest: reading manifest latest "
         "in quay.io/x/rocm-fedora: unauthorized: access to the requested resource is not authorized\n"
     )
-    found = {f.id for f in offline_findings(write(tmp_path / "pull.log", line))}
+    found = set(findings_in(tmp_path, line))
     assert "logs.client_unauthorized" not in found
     assert "logs.unrecognised_error" in found
