@@ -70,6 +70,9 @@ _PLACE = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 _OPTIONAL = re.compile(r"\[([^\[\]]*)\]")
 MAX_LINE_CHARS = 8192
 _TRACEBACK_FRAME = re.compile(r'^\s{0,8}File "[^"\n]{1,1000}", line \d{1,7}')
+# A frozen program (PyInstaller, a zipapp) has no source to show: its frame line is followed by
+# the next frame or by the exception itself, which starts at the margin with the exception's name.
+_EXCEPTION_RECORD = re.compile(r"[A-Za-z_][\w.]{0,200}(?:Error|Exception|Exit|Interrupt|Warning)\b")
 MAX_BOUNDED_REPEAT = 1000
 # how many lines of a run are read at most: its first and its last ones
 HEAD_LINES = 4000
@@ -216,9 +219,9 @@ def _readable(
     else:
         indexes = range(start, end)
     for idx in indexes:
-        if idx > 0 and _TRACEBACK_FRAME.match(lines[idx - 1]):
-            continue
         line = lines[idx][:MAX_LINE_CHARS]
+        if idx > 0 and _TRACEBACK_FRAME.match(lines[idx - 1]) and not _EXCEPTION_RECORD.match(line):
+            continue
         if line.strip():
             yield idx, line
 

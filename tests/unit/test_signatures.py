@@ -233,6 +233,38 @@ def test_a_bind_failure_after_listening_elsewhere_is_still_a_root() -> None:
     assert chain.root is not None and chain.root.signature.finding == "logs.bind_failed"
 
 
+def test_a_tracebacks_source_lines_are_not_read_but_its_exception_is() -> None:
+    # a source line quotes code ("Can't find " is a string in it), not what happened
+    text = (
+        "Traceback (most recent call last):\n"
+        '  File "loader.py", line 12, in open\n'
+        "    raise FileNotFoundError(\"Could not find module 'x.dll'\")\n"
+        "FileNotFoundError: Could not find module 'C:\\k\\koboldcpp_cublas.dll' (or one of its"
+        " dependencies). Try using the full path with constructor syntax."
+    )
+    hits = _hits(text)
+    assert [h.lineno for h in hits] == [3]
+    assert hits[0].groups["library"].endswith("koboldcpp_cublas.dll")
+
+
+def test_a_frozen_programs_traceback_has_no_source_lines_and_its_exception_is_read() -> None:
+    # PyInstaller's frames have no source to show: the exception follows the last frame at once
+    text = (
+        "Initializing dynamic library: koboldcpp_cublas.dll\n"
+        "Traceback (most recent call last):\n"
+        '  File "PyInstaller\\loader\\pyimod03_ctypes.py", line 53, in __init__\n'
+        '  File "ctypes\\__init__.py", line 373, in __init__\n'
+        "FileNotFoundError: Could not find module 'C:\\k\\koboldcpp_cublas.dll' (or one of its"
+        " dependencies). Try using the full path with constructor syntax.\n"
+        "\n"
+        "The above exception was the direct cause of the following exception:\n"
+    )
+    chain = read_chain(_hits(text))
+    assert chain.root is not None
+    assert chain.root.signature.finding == "logs.missing_library"
+    assert chain.root.groups["library"].endswith("koboldcpp_cublas.dll")
+
+
 # ------------------------------------------------------------------------------ mangled pastes
 
 
