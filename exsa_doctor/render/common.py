@@ -106,6 +106,9 @@ def prominent_causes(diagnosis: Diagnosis) -> tuple[RankedCause, ...]:
 # likely (the same floor as the "other causes" a report lists)
 MAX_CANDIDATES = 3
 MIN_CANDIDATE_PROBABILITY = 0.05
+# below this, a likely cause is not settled either: its report also says how to tell it from the
+# next ones (the same line the accuracy benchmark draws for a confident answer)
+SETTLED_PROBABILITY = 0.8
 # what every report says before the run that probes the machine (a log read on its own)
 RERUN_INTRO = (
     "The log does not say which. Where the engine runs, a diagnosis that probes the port, the "
@@ -114,13 +117,18 @@ RERUN_INTRO = (
 
 
 def tell_apart(diagnosis: Diagnosis) -> tuple[list[tuple[RankedCause, str]], str | None]:
-    """For an inconclusive diagnosis: the likeliest candidates with the check that confirms each
+    """For an unsettled diagnosis: the likeliest candidates with the check that confirms each
     (the cause table's `confirm`), and for a log read on its own the run that probes the machine.
 
     A log that does not say why leaves several causes open; what settles it is a look at the
-    machine, so that is what the report ends with. Nothing for a healthy or conclusive verdict.
+    machine, so that is what the report ends with. Unsettled is an inconclusive verdict, or an
+    unhealthy one whose likeliest cause is below SETTLED_PROBABILITY (a client's bare "connection
+    refused" is a wrong address about half the time and a stopped engine in most of the rest).
+    Nothing for a healthy verdict or a settled cause.
     """
-    if diagnosis.verdict.value != "inconclusive":
+    verdict = diagnosis.verdict.value
+    top = diagnosis.causes[0].probability if diagnosis.causes else 0.0
+    if verdict == "healthy" or (verdict == "unhealthy" and top >= SETTLED_PROBABILITY):
         return [], None
     candidates = [
         (c, c.confirm)

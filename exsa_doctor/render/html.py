@@ -265,7 +265,7 @@ def _other_causes(d: Diagnosis) -> str:
 
 
 def _tell_apart(d: Diagnosis) -> str:
-    """An inconclusive diagnosis: each candidate's check, and the run that probes the machine."""
+    """An unsettled diagnosis: each candidate's check, and the run that probes the machine."""
     candidates, rerun = tell_apart(d)
     if not candidates:
         return ""

