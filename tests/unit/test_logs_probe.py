@@ -907,3 +907,46 @@ def test_offline_a_registry_refusing_an_image_is_not_an_engine_wanting_a_key(
     found = set(findings_in(tmp_path, line))
     assert "logs.client_unauthorized" not in found
     assert "logs.unrecognised_error" in found
+
+
+# ------------------------------------------------------------- rows taught by round 9's training
+
+
+@pytest.mark.parametrize(
+    ("line", "finding", "data"),
+    [
+        # llama.cpp's loader names the check since 2024
+        (
+            "llama_model_load: error loading model: check_tensor_dims: tensor "
+            "'blk.0.attn_qkv.weight' not found",
+            "logs.unsupported_format",
+            {"tensor": "blk.0.attn_qkv.weight"},
+        ),
+        # Ollama's answer to a client, as JSON
+        ('Error: HTTP Error (500): {"error":"invalid version"}', "logs.unsupported_format", {}),
+        (
+            "ValueError: `num_heads` must be divisible by `num_shards` "
+            "(got `num_heads`: 71 and `num_shards`: 2",
+            "logs.bad_argument",
+            {"flag": "--num-shard", "n": "71", "size": "2"},
+        ),
+        (
+            "AssertionError: Can't find /home/u/llama-2-70b-chat/config.json",
+            "logs.model_error",
+            {"path": "/home/u/llama-2-70b-chat/config.json", "problem": "no-such-file"},
+        ),
+        (
+            "This may mean that you forgot to add '/v1' to the end of your 'apiBase' in "
+            "config.json.",
+            "logs.client_not_found",
+            {},
+        ),
+    ],
+)
+def test_offline_round_9_rows_read_their_detail(
+    tmp_path: Path, line: str, finding: str, data: dict[str, object]
+) -> None:
+    found = findings_in(tmp_path, line + "\n")
+    assert finding in found, sorted(found)
+    for key, value in data.items():
+        assert found[finding].data[key] == value, found[finding].data
