@@ -941,6 +941,36 @@ def test_offline_a_registry_refusing_an_image_is_not_an_engine_wanting_a_key(
             "logs.client_not_found",
             {},
         ),
+        ("ERROR: response: <Response [404]>", "logs.client_not_found", {}),
+        (
+            "ValueError: [address=0.0.0.0:48516, pid=3387590] Invalid model URI /data/models/x",
+            "logs.model_error",
+            {"path": "/data/models/x", "problem": "no-such-file"},
+        ),
+        (
+            "Exception: can't find model.tok_embeddings.weight in GGUF file!",
+            "logs.unsupported_format",
+            {"tensor": "model.tok_embeddings.weight"},
+        ),
+        (
+            "RuntimeError: Can not found rewrite for architectures: "
+            "['Qwen2VLForConditionalGeneration']",
+            "logs.unknown_architecture",
+            {"arch": "Qwen2VLForConditionalGeneration"},
+        ),
+        (
+            "[2024-06-03 18:48:03.977] [error] [WASI-NN] GGML backend: Model file not found.",
+            "logs.model_error",
+            {"problem": "no-such-file"},
+        ),
+        # a Rust client's 403 from the Hub (mistral.rs's hf-hub)
+        (
+            'Could not get file "tokenizer.json" from API: RequestError(Status(403, '
+            "Response[status: 403, status_text: Forbidden, url: "
+            "https://huggingface.co/meta-llama/Meta-Llama-3.1-8B-Instruct/resolve/main/tokenizer.json]))",
+            "logs.hub_unauthorized",
+            {"repo": "meta-llama/Meta-Llama-3.1-8B-Instruct"},
+        ),
     ],
 )
 def test_offline_round_9_rows_read_their_detail(
@@ -950,3 +980,33 @@ def test_offline_round_9_rows_read_their_detail(
     assert finding in found, sorted(found)
     for key, value in data.items():
         assert found[finding].data[key] == value, found[finding].data
+
+
+def test_offline_a_modern_rust_panic_is_explained_by_the_line_after_it(tmp_path: Path) -> None:
+    from exsa_doctor.api_offline import offline_diagnosis
+
+    # since Rust 1.73 the panic's header names the place and the message follows on its own line
+    text = (
+        "thread 'main' (16397) panicked at mistralrs-core/src/gguf/content.rs:151:22:\n"
+        "called `Result::unwrap()` on an `Err` value: Unknown GGUF architecture `qwen35`\n"
+        "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n"
+    )
+    found = findings_in(tmp_path, text)
+    # the reason is the root; the header is the consequence it explains
+    assert found["logs.unknown_architecture"].data["arch"] == "qwen35"
+    assert found["logs.reason_logged"].data["signature"] == "mistralrs.unknown-gguf-arch"
+    top = offline_diagnosis([write(tmp_path / "rust.log", text)]).causes[0]
+    assert top.id == "unsupported-architecture"
+    assert any("qwen35" in e.summary for e in top.evidence_for)
+
+
+def test_offline_nccls_plugin_probe_is_not_a_missing_library(tmp_path: Path) -> None:
+    # every NCCL start looks for an optional network plugin and logs its absence at INFO
+    line = (
+        "omega:18302:18445 [0] NCCL INFO NET/Plugin: Plugin load returned 2 : libnccl-net.so: "
+        "cannot open shared object file: No such file or directory : when loading libnccl-net.so\n"
+    )
+    assert "logs.missing_library" not in findings_in(tmp_path, line)
+    # the row still reads a library that is missing
+    real = "error while loading shared libraries: libnccl.so.2: cannot open shared object file\n"
+    assert findings_in(tmp_path, real)["logs.missing_library"].data["library"] == "libnccl.so.2"
