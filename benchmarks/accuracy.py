@@ -36,10 +36,10 @@ sys.path.insert(0, str(REPO))
 from benchmarks.corpus import FRESH, NOTHING_RUNNING, OTHER, Entry, entries, features_of  # noqa: E402
 from exsa_doctor.causes import load_causes  # noqa: E402
 from exsa_doctor.fitted import FittedModel, load_fitted  # noqa: E402
-from exsa_doctor.model import Finding, Level  # noqa: E402
+from exsa_doctor.model import SETTLED_PROBABILITY, Finding, Level  # noqa: E402
 from exsa_doctor.scoring import score  # noqa: E402
 
-CONFIDENT = 0.8
+CONFIDENT = SETTLED_PROBABILITY  # a wrong cause at this or above is "confidently wrong"
 BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0001)
 UNRECOGNISED = "unrecognised-error"
 NONE = "none"  # no cause in the table is likelier than "nothing in the table applies"

@@ -143,6 +143,11 @@ class Cause:
     confirm: str = ""
 
 
+# a cause at this probability or above is settled: a report needs no list of candidates to tell
+# it from, and a wrong one is what the accuracy benchmark counts as confidently wrong
+SETTLED_PROBABILITY = 0.8
+
+
 @dataclass(frozen=True)
 class RankedCause:
     """A cause after scoring: its posterior probability and the evidence that moved it."""

@@ -13,7 +13,13 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from exsa_doctor.model import Diagnosis, EventKind, RankedCause, TimelineEvent
+from exsa_doctor.model import (
+    SETTLED_PROBABILITY,
+    Diagnosis,
+    EventKind,
+    RankedCause,
+    TimelineEvent,
+)
 
 # C0 controls except tab/newline, DEL, C1 controls, and code points that are not characters.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffe\uffff\ud800-\udfff]")
@@ -106,9 +112,6 @@ def prominent_causes(diagnosis: Diagnosis) -> tuple[RankedCause, ...]:
 # likely (the same floor as the "other causes" a report lists)
 MAX_CANDIDATES = 3
 MIN_CANDIDATE_PROBABILITY = 0.05
-# below this, a likely cause is not settled either: its report also says how to tell it from the
-# next ones (the same line the accuracy benchmark draws for a confident answer)
-SETTLED_PROBABILITY = 0.8
 # what every report says before the run that probes the machine (a log read on its own)
 RERUN_INTRO = (
     "The log does not say which. Where the engine runs, a diagnosis that probes the port, the "

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 from exsa_doctor.api_offline import offline_diagnosis
 from exsa_doctor.causes import load_causes
-from exsa_doctor.model import Verdict
+from exsa_doctor.model import SETTLED_PROBABILITY, Verdict
 from exsa_doctor.render import render_as
-from exsa_doctor.render.common import MAX_CANDIDATES, SETTLED_PROBABILITY, tell_apart
+from exsa_doctor.render.common import MAX_CANDIDATES, tell_apart
 
 REFUSED = (
     "requests.exceptions.ConnectionError: HTTPConnectionPool(host='localhost', port=8080): "
@@ -79,6 +80,20 @@ def test_a_conclusive_diagnosis_has_nothing_to_tell_apart(tmp_path: Path) -> Non
     assert "To tell them apart" not in render_as(d, "text")
     assert "To tell them apart" not in render_as(d, "markdown")
     assert 'id="tell-apart"' not in render_as(d, "html")
+
+
+def test_an_unhealthy_verdict_short_of_settled_still_lists_its_candidates(tmp_path: Path) -> None:
+    # set apart from the fitted weights: the same paste, its likeliest cause put on either side
+    d = offline_diagnosis([_paste(tmp_path, REFUSED)])
+    top, *rest = d.causes
+
+    def at(p: float) -> list[str]:
+        shown = replace(d, verdict=Verdict.UNHEALTHY, causes=(replace(top, probability=p), *rest))
+        return [c.id for c, _ in tell_apart(shown)[0]]
+
+    assert at(SETTLED_PROBABILITY - 0.01)[0] == top.id
+    assert len(at(SETTLED_PROBABILITY - 0.01)) >= 2
+    assert at(SETTLED_PROBABILITY) == []
 
 
 def test_a_check_that_cannot_be_filled_in_is_left_out(tmp_path: Path) -> None:
