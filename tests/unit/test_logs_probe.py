@@ -739,18 +739,36 @@ def test_offline_a_hub_403_names_the_repo(tmp_path: Path) -> None:
     assert found["logs.hub_unauthorized"].data["repo"] == "google/gemma-2-9b-it"
 
 
-def test_offline_a_missing_repo_alone_is_not_read_as_a_gated_repo(tmp_path: Path) -> None:
-    # the Hub answers 401 for a repo that does not exist, too: that is the missing model's row
-    line = (
-        "huggingface_hub.utils._errors.RepositoryNotFoundError: 401 Client Error. "
-        "Repository Not Found for url: https://huggingface.co/api/models/nobody/no-such-model\n"
-    )
-    found = set(findings_in(tmp_path, line))
-    assert "logs.hub_unauthorized" not in found
-    assert "logs.model_error" in found
+@pytest.mark.parametrize(
+    ("line", "not_this", "but_this"),
+    [
+        # the Hub answers 401 for a repo that does not exist, too: that is the missing model's row
+        (
+            "huggingface_hub.utils._errors.RepositoryNotFoundError: 401 Client Error. "
+            "Repository Not Found for url: https://huggingface.co/api/models/nobody/no-such-model",
+            "logs.hub_unauthorized",
+            "logs.model_error",
+        ),
+        # quay and Docker Hub answer 'unauthorized' for an image that does not exist (renamed)
+        (
+            "Error: initializing source docker://quay.io/x/rocm-fedora:latest: reading manifest "
+            "latest in quay.io/x/rocm-fedora: unauthorized: access to the requested resource is "
+            "not authorized",
+            "logs.client_unauthorized",
+            "logs.unrecognised_error",
+        ),
+    ],
+    ids=["missing-repo-not-gated", "registry-not-engine-key"],
+)
+def test_offline_a_line_that_sounds_like_another_cause_is_read_as_its_own(
+    tmp_path: Path, line: str, not_this: str, but_this: str
+) -> None:
+    found = set(findings_in(tmp_path, line + "\n"))
+    assert not_this not in found
+    assert but_this in found
 
 
-# ------------------------------------------------------------- rows taught by round 8's training
+# ----------------------------------------- rows taught by training logs, rounds 8 and 9
 
 
 @pytest.mark.parametrize(
@@ -840,81 +858,7 @@ def test_offline_a_missing_repo_alone_is_not_read_as_a_gated_repo(tmp_path: Path
             "logs.oom",
             {"device_kind": "gpu"},
         ),
-    ],
-)
-def test_offline_round_8_rows_read_their_detail(
-    tmp_path: Path, line: str, finding: str, data: dict[str, object]
-) -> None:
-    found = findings_in(tmp_path, line + "\n")
-    assert finding in found, sorted(found)
-    for key, value in data.items():
-        assert found[finding].data[key] == value, found[finding].data
-
-
-def test_offline_a_hub_401_then_repository_not_found_is_a_missing_repo(
-    tmp_path: Path,
-) -> None:
-    from exsa_doctor.api_offline import offline_diagnosis
-
-    # huggingface_hub's traceback for a repo that does not exist: the raw 401, then the reason
-    text = (
-        "requests.exceptions.HTTPError: 401 Client Error: Unauthorized for url: "
-        "https://huggingface.co/api/models/nobody/no-such-model\n"
-        "The above exception was the direct cause of the following exception:\n"
-        "huggingface_hub.utils._errors.RepositoryNotFoundError: 401 Client Error. "
-        "Repository Not Found for url: https://huggingface.co/api/models/nobody/no-such-model.\n"
-    )
-    diagnosis = offline_diagnosis([write(tmp_path / "hub.log", text)])
-    found = {f.id: f for f in diagnosis.findings}
-    # the 401 is evidence both ways; the missing repo's own line is the root
-    assert "logs.hub_unauthenticated" in found
-    assert (
-        found["logs.model_error"]
-        .data["line"]
-        .startswith("huggingface_hub.utils._errors.RepositoryNotFoundError")
-    )
-    assert (
-        found["logs.reason_logged"].data["signature"] == found["logs.model_error"].data["signature"]
-    )
-    assert diagnosis.causes[0].id == "model-missing-or-invalid", [
-        (c.id, c.probability) for c in diagnosis.causes
-    ]
-
-
-def test_offline_gdbs_ptrace_refusal_after_an_assert_is_not_a_permission_problem(
-    tmp_path: Path,
-) -> None:
-    # ggml runs gdb for a backtrace when it aborts; in a container gdb may not attach
-    text = (
-        "Could not attach to process.  If your uid matches the uid of the target\n"
-        "ptrace: Operation not permitted.\n"
-        "No stack.\n"
-    )
-    found = set(findings_in(tmp_path, text))
-    assert "logs.permission_denied" not in found
-    # the same words from anything else still are one
-    assert "logs.permission_denied" in findings_in(tmp_path, "mlock: Operation not permitted\n")
-
-
-def test_offline_a_registry_refusing_an_image_is_not_an_engine_wanting_a_key(
-    tmp_path: Path,
-) -> None:
-    # quay and Docker Hub answer 'unauthorized' for an image that does not exist (renamed)
-    line = (
-        "Error: initializing source docker://quay.io/x/rocm-fedora:latest: reading manifest latest "
-        "in quay.io/x/rocm-fedora: unauthorized: access to the requested resource is not authorized\n"
-    )
-    found = set(findings_in(tmp_path, line))
-    assert "logs.client_unauthorized" not in found
-    assert "logs.unrecognised_error" in found
-
-
-# ------------------------------------------------------------- rows taught by round 9's training
-
-
-@pytest.mark.parametrize(
-    ("line", "finding", "data"),
-    [
+        # ---- round 9
         # llama.cpp's loader names the check since 2024
         (
             "llama_model_load: error loading model: check_tensor_dims: tensor "
@@ -973,13 +917,61 @@ def test_offline_a_registry_refusing_an_image_is_not_an_engine_wanting_a_key(
         ),
     ],
 )
-def test_offline_round_9_rows_read_their_detail(
+def test_offline_taught_rows_read_their_detail(
     tmp_path: Path, line: str, finding: str, data: dict[str, object]
 ) -> None:
     found = findings_in(tmp_path, line + "\n")
     assert finding in found, sorted(found)
     for key, value in data.items():
         assert found[finding].data[key] == value, found[finding].data
+
+
+def test_offline_a_hub_401_then_repository_not_found_is_a_missing_repo(
+    tmp_path: Path,
+) -> None:
+    from exsa_doctor.api_offline import offline_diagnosis
+
+    # huggingface_hub's traceback for a repo that does not exist: the raw 401, then the reason
+    text = (
+        "requests.exceptions.HTTPError: 401 Client Error: Unauthorized for url: "
+        "https://huggingface.co/api/models/nobody/no-such-model\n"
+        "The above exception was the direct cause of the following exception:\n"
+        "huggingface_hub.utils._errors.RepositoryNotFoundError: 401 Client Error. "
+        "Repository Not Found for url: https://huggingface.co/api/models/nobody/no-such-model.\n"
+    )
+    diagnosis = offline_diagnosis([write(tmp_path / "hub.log", text)])
+    found = {f.id: f for f in diagnosis.findings}
+    # the 401 is evidence both ways; the missing repo's own line is the root
+    assert "logs.hub_unauthenticated" in found
+    assert (
+        found["logs.model_error"]
+        .data["line"]
+        .startswith("huggingface_hub.utils._errors.RepositoryNotFoundError")
+    )
+    assert (
+        found["logs.reason_logged"].data["signature"] == found["logs.model_error"].data["signature"]
+    )
+    assert diagnosis.causes[0].id == "model-missing-or-invalid", [
+        (c.id, c.probability) for c in diagnosis.causes
+    ]
+
+
+def test_offline_gdbs_ptrace_refusal_after_an_assert_is_not_a_permission_problem(
+    tmp_path: Path,
+) -> None:
+    # ggml runs gdb for a backtrace when it aborts; in a container gdb may not attach
+    text = (
+        "Could not attach to process.  If your uid matches the uid of the target\n"
+        "ptrace: Operation not permitted.\n"
+        "No stack.\n"
+    )
+    found = set(findings_in(tmp_path, text))
+    assert "logs.permission_denied" not in found
+    # the same words from anything else still are one
+    assert "logs.permission_denied" in findings_in(tmp_path, "mlock: Operation not permitted\n")
+
+
+# ------------------------------------------------------------- rows taught by round 9's training
 
 
 def test_offline_a_modern_rust_panic_is_explained_by_the_line_after_it(tmp_path: Path) -> None:
