@@ -115,17 +115,17 @@ def _rate(flags: Iterable[bool]) -> float:
     return round(sum(values) / len(values), 3) if values else float("nan")
 
 
-def reliability(outcomes: Sequence[Outcome]) -> list[tuple[float, float, float, int]]:
-    """Per bin: (low, high, mean predicted, share right) with its count."""
-    rows = []
+def reliability(outcomes: Sequence[Outcome]) -> list[tuple[float, float, float, float, int]]:
+    """Per bin: (low, high, mean predicted, share right, count)."""
+    rows: list[tuple[float, float, float, float, int]] = []
     for lo, hi in itertools.pairwise(BINS):
         inside = [o for o in outcomes if lo <= o.p < hi]
         if inside:
             mean_p = sum(o.p for o in inside) / len(inside)
             rows.append(
                 (lo, min(hi, 1.0), round(mean_p, 3), _rate(o.right for o in inside), len(inside))
-            )  # type: ignore[arg-type]
-    return rows  # type: ignore[return-value]
+            )
+    return rows
 
 
 def expected_calibration_error(outcomes: Sequence[Outcome]) -> float:
@@ -133,7 +133,7 @@ def expected_calibration_error(outcomes: Sequence[Outcome]) -> float:
     if not n:
         return float("nan")
     total = 0.0
-    for _lo, _hi, mean_p, acc, count in reliability(outcomes):  # type: ignore[misc]
+    for _lo, _hi, mean_p, acc, count in reliability(outcomes):
         total += count / n * abs(mean_p - acc)
     return round(total, 3)
 
@@ -232,7 +232,7 @@ def main() -> int:
         result[view] = s
         print(f"\n[{view}] " + ", ".join(f"{k} {v}" for k, v in s.items()))
         print("  reliability (bin, mean p, share right, n):")
-        for lo, hi, mean_p, acc, count in reliability(outs):  # type: ignore[misc]
+        for lo, hi, mean_p, acc, count in reliability(outs):
             print(f"    [{lo:.1f}, {hi:.1f})  p={mean_p:.2f}  right={acc:.2f}  n={count}")
     offline = [o for o in outcomes if o.view == "offline"]
     by_cause: dict[str, list[Outcome]] = defaultdict(list)

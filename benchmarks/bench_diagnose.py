@@ -15,10 +15,18 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil
-from common import extra_processes, free_port, standin_engine, summary, timed, wait_healthy
+
+from benchmarks.common import (
+    extra_processes,
+    free_port,
+    standin_engine,
+    summary,
+    timed,
+    wait_healthy,
+)
 
 
 def diagnose_cmd(port: int, model: Path) -> list[str]:

@@ -17,10 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil
-from common import extra_processes, free_port, median_ms, summary, timed
+
+from benchmarks.common import extra_processes, free_port, median_ms, summary, timed
 
 HOLDER = """
 import fcntl, mmap, os, socket, sys, time

@@ -31,9 +31,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import REPO, free_port, standin_engine, wait_healthy
+from benchmarks.common import REPO, free_port, standin_engine, wait_healthy
 
 
 @dataclass

@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import REPO, free_port, standin_engine
+from benchmarks.common import REPO, free_port, standin_engine
 
 LOAD_S = 2.0
 

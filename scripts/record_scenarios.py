@@ -57,7 +57,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=2, help="runs of each scenario (default 2)")
     ap.add_argument("names", nargs="*", default=list(names()))
     args = ap.parse_args()
-    rows = []
+    rows: list[dict[str, object]] = []
     for name in args.names:
         for run in range(args.runs):
             with scenario(name) as sc:

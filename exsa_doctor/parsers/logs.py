@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import IO
 
 from exsa_doctor.profiles import Profile
-from exsa_doctor.signatures import Hit, Table, load_table
+from exsa_doctor.signatures import Hit, Table
+from exsa_doctor.signatures import load_table as load_table  # noqa: PLC0414 (re-exported: the corpus tools swap it)
 
 MAX_TAIL_BYTES = 1 << 20
 HEAD_BYTES = 64 << 10
