@@ -77,7 +77,12 @@ def offline_diagnosis(
 
 
 # findings whose data hold the address a client used, most telling first
-_ADDRESS_FINDINGS = ("logs.client_refused_remote", "logs.client_refused", "logs.client_timeout")
+_ADDRESS_FINDINGS = (
+    "logs.client_refused_remote",
+    "logs.client_refused",
+    "logs.client_cli_unreachable",
+    "logs.client_timeout",
+)
 
 
 def client_address(findings: Sequence[Finding]) -> str | None:

@@ -40,6 +40,7 @@ _DISTINCT_MARKERS = (
     "listening",
     "bind_failed",
     "loading_reply",  # what the engine answers a request while its model loads
+    "own_client",  # the engine's own command line failing to reach its server
 )
 
 

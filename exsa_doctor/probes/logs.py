@@ -82,6 +82,7 @@ SIGNATURE_FINDINGS = (
     "logs.waiting_for_lock",
     "logs.unrecognised_error",
     "logs.client_refused",
+    "logs.client_cli_unreachable",
     "logs.client_unauthorized",
     "logs.client_reset",
     "logs.client_timeout",

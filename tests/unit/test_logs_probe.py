@@ -679,6 +679,34 @@ def test_offline_a_pasted_reply_names_its_engine_and_its_address(tmp_path: Path)
     assert diagnosis.causes[0].id == "race-condition"
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        'Error: Post "http://127.0.0.1:11500/api/pull": dial tcp 127.0.0.1:11500: '
+        "connect: connection refused",
+        "Error: could not connect to ollama app, is it running?",
+    ],
+    ids=["go-error", "newer-wording"],
+)
+def test_offline_a_pasted_ollama_run_names_ollama_and_starts_its_server(
+    tmp_path: Path, line: str
+) -> None:
+    # `ollama run` failing to reach its server is Ollama's own command line: the engine is
+    # Ollama, and whichever cause ranks, starting the engine means `ollama serve`, not another
+    # engine's command; where the CLI printed the address, the commands use it
+    from exsa_doctor.api_offline import offline_diagnosis
+
+    diagnosis = offline_diagnosis([write(tmp_path / "pasted.log", line + "\n")])
+    assert diagnosis.target.profile == "ollama"
+    assert "own_client" in diagnosis.target.profile_reason
+    assert "logs.client_cli_unreachable" in {f.id for f in diagnosis.findings}
+    (stopped,) = [c for c in diagnosis.causes if c.id == "engine-not-running"]
+    commands = [cmd for step in stopped.remediation for cmd in step.commands]
+    assert any("ollama serve" in cmd for cmd in commands), commands
+    if "11500" in line:
+        assert diagnosis.target.url == "http://127.0.0.1:11500"
+
+
 def test_offline_an_undetected_paste_keeps_the_default_engine(tmp_path: Path) -> None:
     from exsa_doctor.api_offline import offline_diagnosis
 
@@ -914,6 +942,47 @@ def test_offline_a_line_that_sounds_like_another_cause_is_read_as_its_own(
             "https://huggingface.co/meta-llama/Meta-Llama-3.1-8B-Instruct/resolve/main/tokenizer.json]))",
             "logs.hub_unauthorized",
             {"repo": "meta-llama/Meta-Llama-3.1-8B-Instruct"},
+        ),
+        # ---- round 10: Ollama's own command line could not reach its server
+        (
+            'Error: Post "http://127.0.0.1:11434/api/pull": dial tcp 127.0.0.1:11434: '
+            "connect: connection refused",
+            "logs.client_cli_unreachable",
+            {"host": "127.0.0.1", "port": "11434"},
+        ),
+        (
+            'Error: Head "http://[::1]:11434/": dial tcp [::1]:11434: connectex: No connection '
+            "could be made because the target machine actively refused it.",
+            "logs.client_cli_unreachable",
+            {"host": "[::1]", "port": "11434"},
+        ),
+        (
+            "Error: could not connect to ollama app, is it running?",
+            "logs.client_cli_unreachable",
+            {},
+        ),
+        (
+            "Error: could not connect to ollama server, run 'ollama serve' to start it",
+            "logs.client_cli_unreachable",
+            {},
+        ),
+        # a GGUF with no general.architecture key is not a language model (no engine knows '')
+        (
+            "llama_model_load: error loading model: error loading model architecture: "
+            "unknown model architecture: ''",
+            "logs.model_error",
+            {"problem": "no-architecture"},
+        ),
+        # 2023 GGML containers: an older one than the engine reads, then a newer one
+        (
+            "ggml-alpaca-7b-q4.bin: invalid model file (bad magic [got 0x67676d66 want 0x67676a74])",
+            "logs.model_error",
+            {"problem": "old-ggml", "magic": "67676d66", "want": "67676a74"},
+        ),
+        (
+            "m.gguf: invalid model file (bad magic [got 0x46554747 want 0x67676a74])",
+            "logs.unsupported_format",
+            {"magic": "46554747"},
         ),
     ],
 )
