@@ -73,6 +73,7 @@ SIGNATURE_FINDINGS = (
     "logs.mmap_failed",
     "logs.panic",
     "logs.load_failed",
+    "logs.runner_exited",
     "logs.context_failed",
     "logs.hub_unauthorized",
     "logs.hub_unauthenticated",

@@ -984,6 +984,13 @@ def test_offline_a_line_that_sounds_like_another_cause_is_read_as_its_own(
             "logs.unsupported_format",
             {"magic": "46554747"},
         ),
+        # Ollama's runner exiting without a reason is its own finding, not llama.cpp's failed load
+        (
+            "Error: llama runner process has terminated: signal: aborted (core dumped)",
+            "logs.runner_exited",
+            {"status": "signal: aborted (core dumped)"},
+        ),
+        ("llama_load_model_from_file: failed to load model", "logs.load_failed", {}),
     ],
 )
 def test_offline_taught_rows_read_their_detail(
