@@ -62,7 +62,7 @@ STAGES = (
     "unknown",
 )
 _ROW_KEYS = frozenset(
-    {"id", "regex", "finding", "stage", "kind", "summary", "example", "data", "note"}
+    {"id", "regex", "finding", "stage", "kind", "summary", "example", "data", "note", "wrapper"}
 )
 _REQUIRED = ("id", "regex", "finding", "stage", "kind", "summary", "example")
 _ALIAS = re.compile(r"^(?P<base>[A-Za-z_]+?)\d+$")
@@ -100,6 +100,9 @@ class Signature:
     example: str
     data: Mapping[str, Any] = field(default_factory=dict)
     gates: tuple[str, ...] = ()  # casefolded texts, one of which every match holds (() = none)
+    # a specific row whose line carries another program's message (a panic's, an assertion's):
+    # tried after every other specific row, so a row that knows the message reads it first
+    wrapper: bool = False
 
     @property
     def pattern(self) -> re.Pattern[str]:
@@ -592,6 +595,11 @@ def parse_table(
         data = row.get("data", {})
         if not isinstance(data, dict):
             raise SignatureError(f"{where}: data must be a table")
+        wrapper = row.get("wrapper", False)
+        if not isinstance(wrapper, bool) or (wrapper and row["kind"] != "specific"):
+            raise SignatureError(
+                f"{where}: wrapper must be true or false, and only on a specific row"
+            )
         out.append(
             Signature(
                 id=row["id"],
@@ -604,6 +612,7 @@ def parse_table(
                 example=row["example"],
                 data=dict(data),
                 gates=gates,
+                wrapper=wrapper,
             )
         )
     return out
@@ -615,7 +624,8 @@ def build_table(
     strict: bool = True,
     gates_of: Mapping[str, Sequence[str]] | None = None,
 ) -> Table:
-    """Rows of all families in priority order: specific, then context/client, generic, unknown."""
+    """Rows of all families in priority order: specific (wrappers last), then context/client,
+    generic, unknown."""
     rows: list[Signature] = []
     prefilter: list[str] = []
     seen: set[str] = set()
@@ -629,7 +639,7 @@ def build_table(
     order = {"specific": 0, "context": 1, "client": 1, "generic": 2, "unknown": 3}
     hints = tuple(s for s in rows if s.kind == "hint")
     rows = [s for s in rows if s.kind != "hint"]
-    rows.sort(key=lambda s: order[s.kind])  # stable: file order within a kind
+    rows.sort(key=lambda s: (order[s.kind], s.wrapper))  # stable: file order within a kind
     table = Table(signatures=tuple(rows), prefilter=tuple(dict.fromkeys(prefilter)), hints=hints)
     for sig in rows:
         if strict and not any(k in sig.example.casefold() for k in table.prefilter):

@@ -991,6 +991,12 @@ def test_offline_a_line_that_sounds_like_another_cause_is_read_as_its_own(
             {"status": "signal: aborted (core dumped)"},
         ),
         ("llama_load_model_from_file: failed to load model", "logs.load_failed", {}),
+        # a GGUF read by a loader older than GGUF (the reverse of an old GGML file)
+        (
+            'Failed to load LLaMA model from "m.gguf": invalid magic number 46554747 (GGUF)',
+            "logs.unsupported_format",
+            {"magic": "46554747"},
+        ),
     ],
 )
 def test_offline_taught_rows_read_their_detail(

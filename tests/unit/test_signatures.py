@@ -163,6 +163,8 @@ def _table_with(row_changes: dict[str, Any]) -> dict[str, Any]:
         ({"finding": "model.missing"}, "must be a logs.* id"),
         ({"example": "nothing like it"}, "the example does not match"),
         ({"summary": ""}, "missing or empty ['summary']"),
+        ({"wrapper": "yes"}, "wrapper must be true or false"),
+        ({"kind": "generic", "wrapper": True}, "only on a specific row"),
     ],
 )
 def test_bad_rows_are_load_errors_naming_file_and_row(change: dict[str, Any], message: str) -> None:
@@ -171,6 +173,36 @@ def test_bad_rows_are_load_errors_naming_file_and_row(change: dict[str, Any], me
     text = str(info.value)
     assert text.startswith("llamacpp.toml, signature llamacpp.unknown-architecture"), text
     assert message in text, text
+
+
+@pytest.mark.parametrize(
+    ("line", "row"),
+    [
+        # the panic carries a message a row knows: that row places the line
+        (
+            "thread 'main' panicked at 'Failed to load LLaMA model from \"m.gguf\": invalid magic "
+            'number 46554747 (GGUF) for "m.gguf"\', src/lib.rs:54:13',
+            "llamacpp.gguf-magic-to-old-loader",
+        ),
+        ("panic: listen tcp 127.0.0.1:11434: bind: address already in use", "ollama.bind-in-use"),
+        # a message no row knows: the panic itself is the reason
+        ("thread 'main' panicked at 'frobnicator gave up', src/main.rs:42:5", "exsa.rust-panic"),
+        (
+            "panic: runtime error: slice bounds out of range [:340] with capacity 339",
+            "ollama.go-panic",
+        ),
+    ],
+)
+def test_a_wrapper_row_takes_only_messages_no_other_row_knows(line: str, row: str) -> None:
+    found = TABLE.match_line(line)
+    assert found is not None and found[0].id == row
+
+
+def test_wrapper_rows_are_tried_after_every_other_specific_row() -> None:
+    specific = [s for s in TABLE.signatures if s.kind == "specific"]
+    wrappers = [i for i, s in enumerate(specific) if s.wrapper]
+    assert wrappers, "no wrapper rows: the rule is untested"
+    assert wrappers == list(range(len(specific) - len(wrappers), len(specific)))
 
 
 def test_a_duplicate_id_is_a_load_error() -> None:
