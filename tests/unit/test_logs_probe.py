@@ -997,6 +997,63 @@ def test_offline_a_line_that_sounds_like_another_cause_is_read_as_its_own(
             "logs.unsupported_format",
             {"magic": "46554747"},
         ),
+        # ---- round 10, taught by fresh14 once it was measured
+        (
+            ': ArgumentValidation("`max_input_tokens`(65537) must be < `max_total_tokens`(65536)")',
+            "logs.bad_argument",
+            {"reason": "`max_input_tokens`(65537) must be < `max_total_tokens`(65536)"},
+        ),
+        (
+            "RuntimeError: ('Quantization scheme is not supported for ', 'the current GPU. "
+            "Min capability: 80. ', 'Current capability: 70.')",
+            "logs.gpu_error",
+            {"need": "80", "have": "70"},
+        ),
+        (
+            "error loading model: llama.cpp: tensor 'x' should not be 1004666880-dimensional",
+            "logs.model_error",
+            {"problem": "invalid", "dims": "1004666880"},
+        ),
+        ("no backends are loaded", "logs.missing_library", {}),
+        (
+            'Ollama error 503 Service Unavailable: {"error":"Server overloaded, please retry '
+            'shortly (ref: aaa65c70)"}',
+            "logs.overloaded",
+            {},
+        ),
+        (
+            "TVMError: Check failed: (output_res.IsOk()) is false: Insufficient GPU memory error: "
+            "The available single GPU memory is 20584.716 MB, which is less than the sum",
+            "logs.oom",
+            {"device_kind": "gpu", "free": "20584.716"},
+        ),
+        (
+            "RuntimeError: Cannot find libraries: libmlc_llm_module.so",
+            "logs.missing_library",
+            {"library": "libmlc_llm_module.so"},
+        ),
+        (
+            'Cannot find vicuna-v1-7b lib in preferred path "dist/v/v_metal_float16.dylib"',
+            "logs.model_error",
+            {"problem": "no-such-file", "path": "dist/v/v_metal_float16.dylib"},
+        ),
+        (
+            'Cannot find "mlc-chat-config.json" in path ""dist"/RedPajama-INCITE-Chat-3B',
+            "logs.model_error",
+            {"problem": "no-such-file"},
+        ),
+        (
+            "There was a problem when trying to write in your cache folder "
+            "(/.cache/huggingface/hub). You should set the environment variable "
+            "TRANSFORMERS_CACHE to a writable directory.",
+            "logs.permission_denied",
+            {"path": "/.cache/huggingface/hub", "what": "path"},
+        ),
+        (
+            "No LM Runtime found for model format 'gguf' !",
+            "logs.illegal_instruction",
+            {"feature": "AVX2", "format": "gguf"},
+        ),
     ],
 )
 def test_offline_taught_rows_read_their_detail(
