@@ -190,3 +190,16 @@ def test_the_address_moves_and_the_detected_engine_stays(tmp_path: Path) -> None
     d = offline_diagnosis([_paste(tmp_path, text)])
     assert d.target.url == "http://127.0.0.1:8181"
     assert d.target.profile == "llama-server" and "loading_reply" in d.target.profile_reason
+
+
+def test_an_engine_older_than_the_model_is_told_apart_by_the_engines_own_version(
+    tmp_path: Path,
+) -> None:
+    # Ollama's runner died and said nothing more: the log holds no line to grep for, so the check
+    # for "the engine is older than the model" is the detected engine's own version command
+    d = offline_diagnosis(
+        [_paste(tmp_path, "Error: llama runner process has terminated: signal: aborted\n")]
+    )
+    assert d.target.profile == "ollama"
+    (older,) = [c for c in d.causes if c.id == "unsupported-architecture"]
+    assert older.confirm.startswith("ollama --version")
