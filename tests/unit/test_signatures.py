@@ -185,6 +185,11 @@ def test_bad_rows_are_load_errors_naming_file_and_row(change: dict[str, Any], me
             "llamacpp.gguf-magic-to-old-loader",
         ),
         ("panic: listen tcp 127.0.0.1:11434: bind: address already in use", "ollama.bind-in-use"),
+        # a row of a family tried after Ollama's (os.toml): only the wrapper rank lets it place the line
+        (
+            "panic: libcudart.so.12: cannot open shared object file: No such file or directory",
+            "os.cannot-open-so",
+        ),
         # a message no row knows: the panic itself is the reason
         ("thread 'main' panicked at 'frobnicator gave up', src/main.rs:42:5", "exsa.rust-panic"),
         (
